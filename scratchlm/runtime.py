@@ -1,0 +1,77 @@
+"""Device selection, seeding and the chapter set-up banner (introduced in Chapter 01)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .profiles import Profile, current_profile
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """The best available device: CUDA, then Apple MPS, then CPU.
+
+    ``prefer`` (or the environment variable ``SCRATCHLM_DEVICE``) forces a device, e.g. ``"cpu"``.
+    """
+    wanted = prefer or os.environ.get("SCRATCHLM_DEVICE")
+    if wanted:
+        device = torch.device(wanted)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {wanted!r} was requested but CUDA is not available")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device {wanted!r} was requested but MPS is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 1337, *, deterministic: bool = True) -> int:
+    """Seed Python, NumPy and PyTorch (all devices) so a rerun prints the same numbers.
+
+    With ``deterministic=True`` PyTorch is asked for deterministic kernels where they exist
+    (``warn_only`` so that an op without one does not crash a chapter on GPU).
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int; got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return seed
+
+
+@dataclass(frozen=True)
+class ChapterContext:
+    """What the set-up cell of a chapter hands to the rest of the notebook."""
+
+    chapter: str  # e.g. "01"
+    profile: Profile  # smoke / cpu / gpu
+    device: torch.device  # where tensors and models go
+    seed: int  # the seed every random generator got
+
+
+def setup_chapter(chapter: str, *, seed: int = 1337, quiet: bool = False) -> ChapterContext:
+    """Seed everything, pick the device and profile, and print them with the library versions."""
+    from .plotting import use_book_style  # matplotlib is heavy; only chapters need it
+
+    profile = current_profile()
+    device = get_device()
+    seed_everything(seed)
+    use_book_style()
+    if not quiet:
+        print(f"scratchlm chapter {chapter} | profile={profile} | device={device} | seed={seed}")
+        print(
+            f"python {platform.python_version()} | torch {torch.__version__} | "
+            f"numpy {np.__version__} | threads {torch.get_num_threads()}"
+        )
+    return ChapterContext(chapter=chapter, profile=profile, device=device, seed=seed)
