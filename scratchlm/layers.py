@@ -180,6 +180,14 @@ class EncoderLayer(nn.Module):
     def _feed_forward_block(self, x: Tensor) -> Tensor:
         return self.ffn_adapter(self.dropout2(self.ffn(x)))  # (B, T, C)
 
+    @torch.no_grad()
+    def load_torch(self, layer: nn.TransformerEncoderLayer) -> EncoderLayer:
+        """Copy the weights of a same-sized ``nn.TransformerEncoderLayer`` (returns self)."""
+        if not isinstance(layer, nn.TransformerEncoderLayer):
+            raise TypeError(f"load_torch expects nn.TransformerEncoderLayer; got {type(layer).__name__}")
+        _load_common(self, layer, ("norm1", "norm2"))
+        return self
+
 
 class DecoderLayer(nn.Module):
     """One decoder block: masked self-attention, cross-attention to the encoder output, FFN.
@@ -251,6 +259,15 @@ class DecoderLayer(nn.Module):
     def _feed_forward_block(self, x: Tensor) -> Tensor:
         return self.ffn_adapter(self.dropout3(self.ffn(x)))  # (B, T, C)
 
+    @torch.no_grad()
+    def load_torch(self, layer: nn.TransformerDecoderLayer) -> DecoderLayer:
+        """Copy the weights of a same-sized ``nn.TransformerDecoderLayer`` (returns self)."""
+        if not isinstance(layer, nn.TransformerDecoderLayer):
+            raise TypeError(f"load_torch expects nn.TransformerDecoderLayer; got {type(layer).__name__}")
+        _load_common(self, layer, ("norm1", "norm2", "norm3"))
+        self.cross_attn.load_torch_mha(layer.multihead_attn)
+        return self
+
 
 class Encoder(nn.Module):
     """A stack of ``n_layers`` encoder layers, plus a final LayerNorm for pre-LN.
@@ -278,6 +295,21 @@ class Encoder(nn.Module):
         for layer in self.layers:
             x = layer(x, mask=mask, key_padding_mask=key_padding_mask, is_causal=is_causal)  # (B, T, C)
         return self.norm(x)  # (B, T, C)
+
+    @torch.no_grad()
+    def load_torch(self, stack: nn.Module) -> Encoder:
+        """Copy the weights of a ``nn.TransformerEncoder`` with the same depth and final norm (returns self)."""
+        if not isinstance(stack, nn.TransformerEncoder):
+            raise TypeError(f"load_torch expects nn.TransformerEncoder; got {type(stack).__name__}")
+        if len(stack.layers) != len(self.layers) or (stack.norm is None) != isinstance(self.norm, nn.Identity):
+            raise ValueError(f"load_torch: expected {len(self.layers)} layers and final norm "
+                             f"{not isinstance(self.norm, nn.Identity)}; got {len(stack.layers)} layers and "
+                             f"final norm {stack.norm is not None}")
+        for ours, theirs in zip(self.layers, stack.layers, strict=True):
+            ours.load_torch(theirs)
+        if stack.norm is not None:
+            self.norm.load_state_dict(stack.norm.state_dict())
+        return self
 
 
 class Decoder(nn.Module):
@@ -308,3 +340,32 @@ class Decoder(nn.Module):
                       memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=tgt_is_causal)
         return self.norm(x)  # (B, T, C)
 
+    @torch.no_grad()
+    def load_torch(self, stack: nn.Module) -> Decoder:
+        """Copy the weights of a ``nn.TransformerDecoder`` with the same depth and final norm (returns self)."""
+        if not isinstance(stack, nn.TransformerDecoder):
+            raise TypeError(f"load_torch expects nn.TransformerDecoder; got {type(stack).__name__}")
+        if len(stack.layers) != len(self.layers) or (stack.norm is None) != isinstance(self.norm, nn.Identity):
+            raise ValueError(f"load_torch: expected {len(self.layers)} layers and final norm "
+                             f"{not isinstance(self.norm, nn.Identity)}; got {len(stack.layers)} layers and "
+                             f"final norm {stack.norm is not None}")
+        for ours, theirs in zip(self.layers, stack.layers, strict=True):
+            ours.load_torch(theirs)
+        if stack.norm is not None:
+            self.norm.load_state_dict(stack.norm.state_dict())
+        return self
+
+
+@torch.no_grad()
+def _load_common(ours: nn.Module, theirs: nn.Module, norms: tuple[str, ...]) -> None:
+    """Copy self-attention, FFN and LayerNorm weights from an ``nn.Transformer*Layer``."""
+    if theirs.self_attn.embed_dim != ours.d_model or theirs.linear1.out_features != ours.ffn.linear1.out_features:
+        raise ValueError(f"load_torch: expected d_model={ours.d_model}, d_ff={ours.ffn.linear1.out_features}; got "
+                         f"d_model={theirs.self_attn.embed_dim}, d_ff={theirs.linear1.out_features}")
+    if theirs.norm_first != ours.norm_first:
+        raise ValueError(f"load_torch: expected norm_first={ours.norm_first}; got {theirs.norm_first}")
+    ours.self_attn.load_torch_mha(theirs.self_attn)
+    ours.ffn.linear1.load_state_dict(theirs.linear1.state_dict())
+    ours.ffn.linear2.load_state_dict(theirs.linear2.state_dict())
+    for name in norms:
+        getattr(ours, name).load_state_dict(getattr(theirs, name).state_dict())

@@ -19,9 +19,12 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .attention import MultiHeadAttention
+
 __all__ = [
     "LearnedPositionalEmbedding",
     "RotaryEmbedding",
+    "RotaryMultiHeadAttention",
     "SinusoidalPositionalEncoding",
     "apply_rotary_emb",
     "rotate_half",
@@ -64,9 +67,13 @@ def _check_activations(x: object, d_model: int, owner: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{owner} expects a torch.Tensor; got {type(x).__name__}")
     if x.dim() != 3:
-        raise ValueError(f"{owner} expects activations of shape (B, T, C); got {x.dim()}-D shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{owner} expects activations of shape (B, T, C); got {x.dim()}-D shape {tuple(x.shape)}"
+        )
     if x.shape[-1] != d_model:
-        raise ValueError(f"{owner} was built for C = d_model = {d_model}; got input of shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{owner} was built for C = d_model = {d_model}; got input of shape {tuple(x.shape)}"
+        )
     if not x.is_floating_point():
         raise TypeError(f"{owner} expects floating-point activations; got dtype {x.dtype}")
     return x
@@ -81,11 +88,11 @@ def sinusoidal_table(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """The fixed sinusoidal position table of "Attention Is All You Need" (Vaswani et al., 2017).
+    r"""The fixed sinusoidal position table of "Attention Is All You Need" (Vaswani et al., 2017).
 
     .. math::
-        PE_{(pos, 2i)} = \\sin\\big(pos / base^{2i/d}\\big), \\qquad
-        PE_{(pos, 2i+1)} = \\cos\\big(pos / base^{2i/d}\\big)
+        PE_{(pos, 2i)} = \sin\big(pos / base^{2i/d}\big), \qquad
+        PE_{(pos, 2i+1)} = \cos\big(pos / base^{2i/d}\big)
 
     Column pair ``(2i, 2i+1)`` is a point on a circle turning with angular frequency
     ``ω_i = base^{-2i/d}`` (wavelength ``2π / ω_i``, from ``2π`` up to ``2π · base``), so moving
@@ -174,7 +181,9 @@ class LearnedPositionalEmbedding(nn.Embedding):
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
         name = type(self).__name__
         if not isinstance(x, Tensor):
-            raise TypeError(f"{name} expects integer positions or (B, T, C) activations; got {type(x).__name__}")
+            raise TypeError(
+                f"{name} expects integer positions or (B, T, C) activations; got {type(x).__name__}"
+            )
         if not x.is_floating_point():  # integer positions -> their embeddings
             if x.dtype == torch.bool or x.is_complex():
                 raise TypeError(f"{name} positions must be an integer tensor; got dtype {x.dtype}")
@@ -217,15 +226,15 @@ def apply_rotary_emb(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding, RoPE (Su et al., 2021), in the "rotate half" layout.
+    r"""Rotary position embedding, RoPE (Su et al., 2021), in the "rotate half" layout.
 
     For a query or key vector ``x`` at position ``m`` and frequencies ``θ_i = base^{-2i/d}``
     (``i = 0 .. d/2 - 1``), coordinate pair ``(x_i, x_{i + d/2})`` is rotated by the angle ``m θ_i``:
 
     .. math::
-        \\begin{pmatrix} x'_i \\\\ x'_{i+d/2} \\end{pmatrix} =
-        \\begin{pmatrix} \\cos m\\theta_i & -\\sin m\\theta_i \\\\ \\sin m\\theta_i & \\cos m\\theta_i \\end{pmatrix}
-        \\begin{pmatrix} x_i \\\\ x_{i+d/2} \\end{pmatrix}
+        \begin{pmatrix} x'_i \\ x'_{i+d/2} \end{pmatrix} =
+        \begin{pmatrix} \cos m\theta_i & -\sin m\theta_i \\ \sin m\theta_i & \cos m\theta_i \end{pmatrix}
+        \begin{pmatrix} x_i \\ x_{i+d/2} \end{pmatrix}
 
     i.e. ``x' = x · cos + rotate_half(x) · sin``. Rotations preserve norms, and
     ``R_m q · R_n k = q · R_{n-m} k`` depends on positions only through the offset ``n - m``.
@@ -268,7 +277,11 @@ class RotaryEmbedding(nn.Module):
             _check_offset(offset)
             _check_fits(seq_len, offset, self.max_len, name)
             return self.cos_cached[offset : offset + seq_len], self.sin_cached[offset : offset + seq_len]
-        if not isinstance(positions, Tensor) or positions.is_floating_point() or positions.dtype == torch.bool:
+        if (
+            not isinstance(positions, Tensor)
+            or positions.is_floating_point()
+            or positions.dtype == torch.bool
+        ):
             raise TypeError(f"{name} positions must be an integer tensor; got {positions!r:.60}")
         if positions.dim() not in (1, 2):
             raise ValueError(f"{name} positions must have shape (T,) or (B, T); got {tuple(positions.shape)}")
@@ -289,16 +302,22 @@ class RotaryEmbedding(nn.Module):
         if not isinstance(x, Tensor):
             raise TypeError(f"{name}.apply_rotary expects a torch.Tensor; got {type(x).__name__}")
         if x.dim() != 4:
-            raise ValueError(f"{name}.apply_rotary expects (B, H, T, d); got {x.dim()}-D shape {tuple(x.shape)}")
+            raise ValueError(
+                f"{name}.apply_rotary expects (B, H, T, d); got {x.dim()}-D shape {tuple(x.shape)}"
+            )
         if x.shape[-1] != self.head_dim:
-            raise ValueError(f"{name} was built for head_dim={self.head_dim}; got x of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"{name} was built for head_dim={self.head_dim}; got x of shape {tuple(x.shape)}"
+            )
         if not x.is_floating_point():
             raise TypeError(f"{name}.apply_rotary expects floating-point x; got dtype {x.dtype}")
         batch, _, seq_len, _ = x.shape
         if positions is not None and positions.dim() == 1 and positions.shape[0] != seq_len:
             raise ValueError(f"positions has {positions.shape[0]} entries for a sequence of length {seq_len}")
         if positions is not None and positions.dim() == 2 and tuple(positions.shape) != (batch, seq_len):
-            raise ValueError(f"positions must have shape (B, T) = {(batch, seq_len)}; got {tuple(positions.shape)}")
+            raise ValueError(
+                f"positions must have shape (B, T) = {(batch, seq_len)}; got {tuple(positions.shape)}"
+            )
         if positions is not None and offset != 0:
             raise ValueError("give either positions or offset, not both")
         cos, sin = self.cos_sin(positions, seq_len=seq_len, offset=offset)  # (T, d) or (B, 1, T, d)
@@ -310,3 +329,39 @@ class RotaryEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_len={self.max_len}, base={self.base:g}"
+
+
+class RotaryMultiHeadAttention(MultiHeadAttention):
+    """Self-attention with RoPE: Chapter 03's :class:`MultiHeadAttention`, queries and keys rotated.
+
+    RoPE touches nothing but the attention scores: after the usual projections, the query and key
+    heads are rotated to their positions; values, the output projection and the residual stream are
+    unchanged. So this class only overrides the two projection hooks. Keys are rotated *before* they
+    are returned (and cached), so with ``past_key_value`` (KV-cache decoding) the new tokens start at
+    position ``past length``. Self-attention only. Introduced in Chapter 04.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, max_len: int, *, base: float = 10000.0, **kwargs) -> None:
+        super().__init__(d_model, n_heads, **kwargs)
+        self.rotary = RotaryEmbedding(self.head_dim, max_len, base=base)
+        self._offset = 0  # position of the first token of the current call (set by forward)
+
+    def project_q(self, query: Tensor) -> Tensor:
+        q = super().project_q(query)  # (B, H, Tq, d_head)
+        return self.rotary.apply_rotary(q, offset=self._offset)  # (B, H, Tq, d_head)
+
+    def project_kv(self, key: Tensor, value: Tensor | None = None):
+        k, v = super().project_kv(key, value)  # (B, H, Tk, d_head) each
+        return self.rotary.apply_rotary(k, offset=self._offset), v  # keys rotated, values not
+
+    def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None, **kwargs):
+        if key is not None or value is not None or kwargs.get("kv") is not None:
+            raise ValueError(
+                "RotaryMultiHeadAttention is self-attention only: pass query alone (no key/value/kv)"
+            )
+        past = kwargs.get("past_key_value")
+        self._offset = 0 if past is None else int(past[0].shape[2])  # cached keys are positions 0..offset-1
+        try:
+            return super().forward(query, **kwargs)
+        finally:
+            self._offset = 0

@@ -1,0 +1,285 @@
+"""From token ids to training batches (introduced in Chapter 02).
+
+* :class:`SlidingWindowDataset` cuts one long id stream into (x, y) windows, y shifted by one.
+* :func:`random_lm_batch` samples nanoGPT-style random windows (reproducible with a Generator).
+* :func:`pad_collate` pads variable-length examples into a batch with an attention mask and
+  ``-100`` labels at padding (the ``ignore_index`` of ``F.cross_entropy``).
+* :func:`hf_text_dataset` is the same idea as a 🤗 ``datasets`` pipeline over local text.
+
+Language modelling needs, for every position t, the next token as target:
+``x = ids[i : i+T]``, ``y = ids[i+1 : i+T+1]``, loss ``L = -1/T Σ_t log p(y_t | x_≤t)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index: padded positions add no loss
+
+
+def as_id_tensor(ids: Any, name: str = "ids") -> torch.Tensor:
+    """A 1-D int64 tensor from a list of ints, a 1-D integer tensor or a 1-D integer NumPy array."""
+    if isinstance(ids, torch.Tensor):
+        tensor = ids
+    elif hasattr(ids, "__array__") and not isinstance(ids, (list, tuple)):
+        tensor = torch.as_tensor(ids)
+    elif isinstance(ids, (list, tuple, range)):
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise TypeError(f"{name} must hold ints only")
+        tensor = torch.tensor(list(ids), dtype=torch.long)
+    else:
+        raise TypeError(f"{name} must be a list of ints or a 1-D integer tensor; got {type(ids).__name__}")
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise TypeError(f"{name} must have an integer dtype; got {tensor.dtype}")
+    if tensor.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one stream of token ids); got shape {tuple(tensor.shape)}")
+    return tensor.long()
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1; got {value}")
+    return value
+
+
+class SlidingWindowDataset(Dataset):
+    """Windows of ``block_size`` tokens over one id stream: item k is ``(x, y)`` with
+
+    ``x = ids[k*stride : k*stride + block_size]`` and ``y = ids[k*stride + 1 : k*stride + block_size + 1]``.
+
+    ``stride`` defaults to ``block_size`` (non-overlapping windows); a smaller stride gives
+    overlapping windows (more examples, each token seen in several contexts). Tokens after the last
+    full window are not used.
+    """
+
+    def __init__(self, ids: Any, block_size: int, stride: int | None = None) -> None:
+        self.ids = as_id_tensor(ids)  # (N,)
+        self.block_size = _check_positive_int(block_size, "block_size")
+        self.stride = block_size if stride is None else _check_positive_int(stride, "stride")
+        if len(self.ids) < block_size + 1:
+            raise ValueError(
+                f"need at least block_size + 1 = {block_size + 1} tokens for one (x, y) window; got {len(self.ids)}"
+            )
+
+    def __len__(self) -> int:
+        return (len(self.ids) - 1 - self.block_size) // self.stride + 1
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"window {index} out of range for {n} windows")
+        start = index * self.stride
+        window = self.ids[start : start + self.block_size + 1]  # (T+1,)
+        return window[:-1], window[1:]  # x (T,), y (T,)
+
+
+def random_lm_batch(
+    ids: torch.Tensor,
+    batch_size: int,
+    block_size: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """nanoGPT's ``get_batch``: ``batch_size`` windows starting at uniform random offsets.
+
+    Returns ``(x, y)``, both (B, T) int64, y shifted by one. Pass a seeded ``torch.Generator`` (on the
+    CPU) for a reproducible stream of batches independent of other random draws.
+    """
+    data = as_id_tensor(ids)  # (N,)
+    _check_positive_int(batch_size, "batch_size")
+    _check_positive_int(block_size, "block_size")
+    if len(data) < block_size + 1:
+        raise ValueError(f"need at least block_size + 1 = {block_size + 1} tokens; got {len(data)}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator; got {type(generator).__name__}")
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,)
+    offsets = torch.arange(block_size)  # (T,)
+    x = data[starts[:, None] + offsets]  # (B, T)
+    y = data[starts[:, None] + offsets + 1]  # (B, T)
+    if device is not None:
+        device = torch.device(device)
+        if device.type == "cuda":  # pinned memory lets the copy overlap with compute
+            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        x, y = x.to(device), y.to(device)
+    return x, y
+
+
+def _as_row(value: Any, name: str) -> torch.Tensor:
+    try:
+        return as_id_tensor(value, name)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"pad_collate: {err}") from None
+
+
+def pad_collate(
+    batch: Sequence[Any],
+    pad_id: int,
+    *,
+    padding_side: str = "right",
+    max_length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Pad a list of examples to one (B, T) batch, T = the longest example (or ``max_length``).
+
+    Each example is one of
+
+    * a sequence of ids (list or 1-D tensor): ``labels`` are the ids themselves (the Hugging Face
+      convention: the causal-LM loss shifts them inside the model);
+    * an ``(x, y)`` pair of equal-length sequences (e.g. from :class:`SlidingWindowDataset`):
+      ``labels = y``, already shifted;
+    * a dict with ``input_ids`` and optionally ``labels`` (a sequence, padded with -100, or a scalar
+      class label, stacked) and other per-token fields such as ``token_type_ids`` (padded with 0).
+
+    Returns ``input_ids`` (padded with ``pad_id``), ``attention_mask`` (1 = real token, 0 = pad) and
+    ``labels`` (``-100`` at padding, so ``F.cross_entropy`` ignores those positions).
+    """
+    if isinstance(batch, (str, bytes, Mapping)) or not isinstance(batch, Sequence) or len(batch) == 0:
+        raise ValueError(f"pad_collate expects a non-empty list of examples; got {type(batch).__name__}")
+    if not isinstance(pad_id, int) or isinstance(pad_id, bool):
+        raise TypeError(f"pad_id must be an int (e.g. tokenizer.pad_id); got {type(pad_id).__name__} {pad_id!r}")
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left'; got {padding_side!r}")
+
+    rows: list[dict[str, Any]] = []
+    for k, example in enumerate(batch):
+        if isinstance(example, Mapping):
+            if "input_ids" not in example:
+                raise ValueError(f"pad_collate: example {k} is a dict without 'input_ids' (keys: {sorted(example)})")
+            row = dict(example)
+            row["input_ids"] = _as_row(example["input_ids"], f"example {k} input_ids")
+            row.setdefault("labels", row["input_ids"])
+        elif isinstance(example, tuple) and len(example) == 2 and not isinstance(example[0], int):
+            x, y = _as_row(example[0], f"example {k} x"), _as_row(example[1], f"example {k} y")
+            if x.shape != y.shape:
+                raise ValueError(f"pad_collate: example {k} has x of length {len(x)} but y of length {len(y)}")
+            row = {"input_ids": x, "labels": y}
+        else:
+            ids = _as_row(example, f"example {k}")
+            row = {"input_ids": ids, "labels": ids}
+        rows.append(row)
+
+    lengths = [len(r["input_ids"]) for r in rows]
+    width = max(lengths)
+    if max_length is not None:
+        _check_positive_int(max_length, "max_length")
+        if width > max_length:
+            raise ValueError(f"an example has {width} tokens, more than max_length={max_length}; truncate first")
+        width = max_length
+    B = len(rows)
+    keys = list(dict.fromkeys(key for r in rows for key in r))
+    for key in keys:
+        if any(key not in r for r in rows):
+            raise ValueError(f"pad_collate: field {key!r} is present in some examples but not all")
+
+    out: dict[str, torch.Tensor] = {}
+    for key in keys:
+        values = [r[key] for r in rows]
+        is_scalar = [not isinstance(v, (list, tuple, torch.Tensor)) or (isinstance(v, torch.Tensor) and v.ndim == 0)
+                     for v in values]
+        if all(is_scalar):  # e.g. a class label per example
+            out[key] = torch.as_tensor([v.item() if isinstance(v, torch.Tensor) else v for v in values])  # (B,)
+            continue
+        if key == "attention_mask":
+            continue  # rebuilt below from the lengths
+        fill = pad_id if key == "input_ids" else IGNORE_INDEX if key == "labels" else 0
+        padded = torch.full((B, width), fill, dtype=torch.long)  # (B, T)
+        for i, v in enumerate(values):
+            row = _as_row(v, f"example {i} {key}")  # (T_i,)
+            if len(row) != lengths[i]:
+                raise ValueError(
+                    f"pad_collate: example {i} has {lengths[i]} input_ids but {len(row)} {key}"
+                )
+            if padding_side == "right":
+                padded[i, : len(row)] = row
+            else:
+                padded[i, width - len(row) :] = row
+        out[key] = padded
+    mask = torch.zeros(B, width, dtype=torch.long)  # (B, T)
+    for i, n in enumerate(lengths):
+        if padding_side == "right":
+            mask[i, :n] = 1
+        else:
+            mask[i, width - n :] = 1
+    out["attention_mask"] = mask
+    return out
+
+
+def hf_text_dataset(
+    source: str | Path | Sequence[str],
+    tokenizer: Any,
+    *,
+    block_size: int | None = None,
+    batch_size: int = 1000,
+    keep_linebreaks: bool = True,
+    drop_empty: bool = False,
+    cache_dir: str | Path | None = None,
+):
+    """A 🤗 ``datasets.Dataset`` of token ids built from local text, never touching the network.
+
+    ``source`` is a path to a text file (read with the packaged ``"text"`` builder: one example per
+    line, its line break kept when ``keep_linebreaks``, so the lines concatenate back to the file)
+    or a list of strings; ``drop_empty`` removes blank examples. ``tokenizer`` is any scratchlm
+    tokenizer (or a function ``str -> list[int]``); it runs in ``.map(batched=True)``. Without
+    ``block_size`` each line stays
+    one example (column ``input_ids`` plus its ``length``). With ``block_size`` the lines are
+    concatenated and cut into ``block_size`` blocks (Hugging Face's ``group_texts``); each block has
+    ``input_ids`` and ``labels`` (a copy: the model shifts them), and the remainder is dropped.
+    """
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # read before `datasets` is first imported
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import datasets
+
+    encode: Callable[[str], list[int]]
+    if callable(getattr(tokenizer, "encode", None)):
+        encode = tokenizer.encode
+    elif callable(tokenizer):
+        encode = tokenizer
+    else:
+        raise TypeError(f"tokenizer must have .encode(text) or be a callable; got {type(tokenizer).__name__}")
+    _check_positive_int(batch_size, "batch_size")
+    if block_size is not None:
+        _check_positive_int(block_size, "block_size")
+
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"no text file at {path}")
+        ds = datasets.load_dataset(
+            "text", data_files=str(path), split="train", keep_in_memory=True, keep_linebreaks=keep_linebreaks,
+            cache_dir=None if cache_dir is None else str(cache_dir),
+        )
+    elif isinstance(source, Sequence) and all(isinstance(t, str) for t in source):
+        ds = datasets.Dataset.from_dict({"text": list(source)})
+    else:
+        raise TypeError(f"source must be a path or a list of str; got {type(source).__name__}")
+
+    if drop_empty:
+        ds = ds.filter(lambda batch: [bool(t.strip()) for t in batch["text"]], batched=True,
+                       batch_size=batch_size, keep_in_memory=True, desc="drop empty lines")
+
+    def tokenize(batch: dict[str, list[str]]) -> dict[str, list]:
+        ids = [encode(text) for text in batch["text"]]
+        return {"input_ids": ids, "length": [len(x) for x in ids]}
+
+    ds = ds.map(tokenize, batched=True, batch_size=batch_size, remove_columns=ds.column_names,
+                keep_in_memory=True, desc="tokenize")
+    if block_size is None:
+        return ds
+
+    def group_texts(batch: dict[str, list]) -> dict[str, list]:
+        stream = [i for ids in batch["input_ids"] for i in ids]
+        usable = len(stream) // block_size * block_size
+        blocks = [stream[k : k + block_size] for k in range(0, usable, block_size)]
+        return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+
+    return ds.map(group_texts, batched=True, batch_size=batch_size, remove_columns=ds.column_names,
+                  keep_in_memory=True, desc=f"group into blocks of {block_size}")

@@ -1,0 +1,300 @@
+"""Fast checks that the chapters and the book's sources follow the rules of book/AUTHORING.md.
+
+Each rule is a ``check_*`` function that returns a list of problems (empty = fine). The tests run
+every check on every chapter notebook, and also on small synthetic notebooks that break the rule,
+to prove that each check can fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from sphinx_external_toc.parsing import parse_toc_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = ROOT / "chapters"
+BOOK = ROOT / "book"
+TOC = ROOT / "_toc.yml"
+BIB = BOOK / "references.bib"
+BIB_PARTS = BOOK / "references_parts"
+
+NOTEBOOKS = sorted(CHAPTERS.glob("*.ipynb"))
+SETUP_CALL = "scratchlm.setup_chapter("
+MERMAID_FENCE = re.compile(r"^\s*(`{3,}|:{3,})\s*(\{mermaid\}|mermaid)\s*$", re.MULTILINE)
+EXERCISE = re.compile(r"^\s*(`{3,}|:{3,})\s*\{exercise(-start)?\}", re.MULTILINE)
+EXERCISE_LABEL = re.compile(r"\{exercise(?:-start)?\}[^\n]*\n(?:\s*:[\w-]+:[^\n]*\n)*?\s*:label:\s*(\S+)")
+SOLUTION = re.compile(r"^\s*(`{3,}|:{3,})\s*\{solution(?:-start)?\}\s*(\S+)", re.MULTILINE)
+CITE = re.compile(r"\{cite(?::\w+)?\}`([^`]+)`")
+BIB_ENTRY = re.compile(r"^\s*@(\w+)\s*\{\s*([^,\s]+)\s*,", re.MULTILINE)
+
+
+def _source(cell: dict) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else source
+
+
+def _cells(nb: dict, cell_type: str) -> list[dict]:
+    return [c for c in nb.get("cells", []) if c.get("cell_type") == cell_type]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_clean(nb: dict) -> list[str]:
+    """Committed without outputs and without execution counts."""
+    problems = []
+    for index, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") != "code":
+            continue
+        if cell.get("outputs"):
+            problems.append(f"cell {index} has {len(cell['outputs'])} output(s)")
+        if cell.get("execution_count") is not None:
+            problems.append(f"cell {index} has execution_count {cell['execution_count']}")
+    if nb.get("metadata", {}).get("widgets"):
+        problems.append("notebook metadata holds saved widget state")
+    return problems
+
+
+def check_setup_cell(nb: dict, chapter: str | None = None) -> list[str]:
+    """The first code cell is the set-up cell and calls ``scratchlm.setup_chapter("NN")``."""
+    code = _cells(nb, "code")
+    if not code:
+        return ["no code cells"]
+    first = _source(code[0])
+    if SETUP_CALL not in first:
+        return [f"first code cell does not call {SETUP_CALL}...): {first[:80]!r}"]
+    if "import scratchlm" not in first:
+        return ["first code cell does not import scratchlm"]
+    if chapter is not None and f'{SETUP_CALL}"{chapter}"' not in first:
+        return [f'set-up cell does not call {SETUP_CALL}"{chapter}") for this chapter']
+    return []
+
+
+def check_mermaid(nb: dict) -> list[str]:
+    """At least one Markdown cell holds a Mermaid fence."""
+    if any(MERMAID_FENCE.search(_source(c)) for c in _cells(nb, "markdown")):
+        return []
+    return ["no ```mermaid fence in any Markdown cell"]
+
+
+def check_exercises(nb: dict) -> list[str]:
+    """Exercises exist, each has a label and a solution; each solution is followed by a code cell
+    tagged ``solution``; every cell tagged ``solution`` is a code cell placed after a solution."""
+    problems = []
+    cells = nb.get("cells", [])
+    exercise_labels: list[str] = []
+    solution_targets: list[str] = []
+    n_exercises = 0
+    for cell in _cells(nb, "markdown"):
+        text = _source(cell)
+        n_exercises += len(EXERCISE.findall(text))
+        exercise_labels += EXERCISE_LABEL.findall(text)
+        solution_targets += [m.group(2) for m in SOLUTION.finditer(text)]
+    if n_exercises == 0:
+        problems.append("no {exercise} directive")
+    if not solution_targets:
+        problems.append("no {solution} directive")
+    if len(exercise_labels) < n_exercises:
+        problems.append(f"{n_exercises - len(exercise_labels)} exercise(s) without a :label:")
+    for label in exercise_labels:
+        if label not in solution_targets:
+            problems.append(f"exercise {label!r} has no solution")
+    for target in solution_targets:
+        if target not in exercise_labels:
+            problems.append(f"solution for unknown exercise {target!r}")
+
+    seen_solution = False
+    for index, cell in enumerate(cells):
+        tags = cell.get("metadata", {}).get("tags", [])
+        if cell.get("cell_type") == "markdown" and SOLUTION.search(_source(cell)):
+            seen_solution = True
+            following = cells[index + 1] if index + 1 < len(cells) else None
+            if following is None or following.get("cell_type") != "code":
+                problems.append(f"solution in cell {index} is not followed by a code cell")
+            elif "solution" not in following.get("metadata", {}).get("tags", []):
+                problems.append(f"code cell {index + 1} after a solution is not tagged 'solution'")
+        elif "solution" in tags:
+            if cell.get("cell_type") != "code":
+                problems.append(f"cell {index} is tagged 'solution' but is not a code cell")
+            elif not seen_solution:
+                problems.append(f"cell {index} is tagged 'solution' but comes before any solution")
+    return problems
+
+
+def check_citations(text: str, known_keys: set[str]) -> list[str]:
+    """Every ``{cite}`` key in ``text`` is defined in the bibliography."""
+    problems = []
+    for group in CITE.findall(text):
+        for key in (k.strip() for k in group.split(",")):
+            if key and key not in known_keys:
+                problems.append(f"citation key {key!r} is not in book/references.bib")
+    return problems
+
+
+def bib_keys(text: str) -> list[str]:
+    """Entry keys of a BibTeX file, in order (``@comment``, ``@string``, ``@preamble`` skipped)."""
+    return [key for kind, key in BIB_ENTRY.findall(text) if kind.lower() not in {"comment", "string", "preamble"}]
+
+
+# ----------------------------------------------------------------------------- the real book
+
+
+def _read(path: Path) -> dict:
+    return nbformat.read(path, as_version=4)
+
+
+def _chapter_number(path: Path) -> str:
+    return path.name.split("_", 1)[0]
+
+
+def test_there_are_chapters():
+    assert NOTEBOOKS, f"no notebooks in {CHAPTERS}"
+    for path in NOTEBOOKS:
+        assert re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", path.name), f"{path.name} is not NN_short_name.ipynb"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_valid_and_clean(path):
+    nb = _read(path)
+    nbformat.validate(nb)
+    assert check_clean(nb) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_follows_the_template(path):
+    nb = _read(path)
+    problems = (check_setup_cell(nb, _chapter_number(path)) + check_mermaid(nb) + check_exercises(nb))
+    assert problems == []
+
+
+def test_toc_lists_every_notebook_and_every_toc_file_exists():
+    site_map = parse_toc_yaml(TOC)
+    docnames = list(site_map)
+    missing = [d for d in docnames if not any((ROOT / f"{d}{ext}").is_file() for ext in (".md", ".ipynb"))]
+    assert missing == [], f"_toc.yml lists files that do not exist: {missing}"
+    unlisted = [p.relative_to(ROOT).with_suffix("").as_posix() for p in NOTEBOOKS]
+    unlisted = [d for d in unlisted if d not in docnames]
+    assert unlisted == [], f"notebooks missing from _toc.yml: {unlisted}"
+    assert len(docnames) == len(set(docnames)), "a file is listed twice in _toc.yml"
+
+
+def test_toc_chapters_are_in_order():
+    chapters = [d for d in parse_toc_yaml(TOC) if d.startswith("chapters/")]
+    assert chapters == sorted(chapters)
+
+
+def test_bibliography_has_no_duplicates_and_holds_every_part():
+    keys = bib_keys(BIB.read_text(encoding="utf-8"))
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    assert duplicates == [], f"keys defined twice in references.bib: {duplicates}"
+    for part in sorted(BIB_PARTS.glob("*.bib")) if BIB_PARTS.is_dir() else []:
+        missing = [k for k in bib_keys(part.read_text(encoding="utf-8")) if k not in keys]
+        assert missing == [], f"{part.name}: keys not merged into references.bib: {missing}"
+
+
+def test_every_citation_is_in_the_bibliography():
+    known = set(bib_keys(BIB.read_text(encoding="utf-8")))
+    problems = []
+    for path in NOTEBOOKS:
+        text = "\n".join(_source(c) for c in _cells(_read(path), "markdown"))
+        problems += [f"{path.name}: {p}" for p in check_citations(text, known)]
+    pages = [ROOT / f"{d}.md" for d in parse_toc_yaml(TOC)]
+    for path in (p for p in pages if p.is_file()):
+        problems += [f"{path.name}: {p}" for p in check_citations(path.read_text(encoding="utf-8"), known)]
+    assert problems == []
+
+
+def test_build_only_takes_pages_from_the_toc():
+    import yaml
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    assert config["only_build_toc_files"] is True
+    assert config["execute"]["raise_on_error"] is True
+    assert "book/references_parts" in config["exclude_patterns"]
+
+
+# ----------------------------------------------------------------------------- the checks can fail
+
+
+SETUP_SOURCE = "import scratchlm\nctx = scratchlm.setup_chapter(\"03\")"
+
+
+def _good_notebook() -> dict:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# 03 · Attention"),
+        nbformat.v4.new_code_cell(SETUP_SOURCE),
+        nbformat.v4.new_markdown_cell("```mermaid\nflowchart LR\n  A --> B\n```"),
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_markdown_cell("```{exercise}\n:label: ex-03-a\nDo it.\n```"),
+        nbformat.v4.new_markdown_cell("```{solution} ex-03-a\n:class: dropdown\nBecause.\n```"),
+        nbformat.v4.new_code_cell("print(2 + 2)", metadata={"tags": ["solution"]}),
+    ]
+    return nb
+
+
+def test_checks_pass_on_a_good_notebook():
+    nb = _good_notebook()
+    nbformat.validate(nb)
+    assert check_clean(nb) == []
+    assert check_setup_cell(nb, "03") == []
+    assert check_mermaid(nb) == []
+    assert check_exercises(nb) == []
+
+
+def test_check_clean_catches_outputs_and_counts():
+    nb = _good_notebook()
+    nb.cells[3].execution_count = 4
+    nb.cells[3].outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    problems = check_clean(nb)
+    assert len(problems) == 2 and "output" in problems[0] and "execution_count" in problems[1]
+
+
+def test_check_setup_cell_catches_a_missing_or_wrong_setup():
+    nb = _good_notebook()
+    assert "for this chapter" in check_setup_cell(nb, "04")[0]
+    nb.cells[1], nb.cells[3] = nb.cells[3], nb.cells[1]  # set-up cell is no longer the first code cell
+    assert SETUP_CALL in check_setup_cell(nb)[0]
+    assert check_setup_cell({"cells": []}) == ["no code cells"]
+
+
+def test_check_mermaid_catches_a_missing_diagram():
+    nb = _good_notebook()
+    nb.cells[2].source = "A diagram in words only."
+    assert check_mermaid(nb) != []
+    nb.cells[2].source = "```python\nmermaid = 1\n```"  # a code block that merely mentions mermaid
+    assert check_mermaid(nb) != []
+
+
+@pytest.mark.parametrize(
+    "break_it, expected",
+    [
+        (lambda nb: nb.cells[6].metadata.pop("tags"), "not tagged 'solution'"),
+        (lambda nb: nb.cells.pop(6), "not followed by a code cell"),
+        (lambda nb: nb.cells.pop(5), "has no solution"),
+        (lambda nb: nb.cells.__setitem__(4, nbformat.v4.new_markdown_cell("Just prose.")), "no {exercise}"),
+        (lambda nb: setattr(nb.cells[4], "source", "```{exercise}\nNo label.\n```"), "without a :label:"),
+        (lambda nb: setattr(nb.cells[5], "source", "```{solution} ex-03-b\nx\n```"), "unknown exercise"),
+        (lambda nb: nb.cells[3].metadata.__setitem__("tags", ["solution"]), "before any solution"),
+        (lambda nb: nb.cells[2].metadata.__setitem__("tags", ["solution"]), "not a code cell"),
+    ],
+)
+def test_check_exercises_catches_broken_markup(break_it, expected):
+    nb = copy.deepcopy(_good_notebook())
+    break_it(nb)
+    problems = check_exercises(nb)
+    assert any(expected in p for p in problems), problems
+
+
+def test_check_citations_and_bib_keys():
+    bib = "@comment{x}\n@article{known2020,\n title={T}}\n@misc{ other2021 ,\n}\n"
+    assert bib_keys(bib) == ["known2020", "other2021"]
+    known = set(bib_keys(bib))
+    assert check_citations("see {cite}`known2020` and {cite:p}`other2021,known2020`", known) == []
+    assert check_citations("see {cite:t}`known2020, missing1999`", known) == [
+        "citation key 'missing1999' is not in book/references.bib"
+    ]
