@@ -40,6 +40,12 @@ logger = logging.getLogger(__name__)
 
 STUDENT_ENV = "SCRATCHLM_STUDENT"
 SOLUTION_TAG = "solution"
+# Diagrams at their natural size (capped at the column width by CSS) instead of stretched to the
+# full column: with useMaxWidth off, Mermaid writes the real width and height into the SVG.
+MERMAID_CONFIG: dict[str, Any] = {
+    "startOnLoad": False,
+    **{kind: {"useMaxWidth": False} for kind in ("flowchart", "sequence", "class", "state", "er", "gantt")},
+}
 # A Markdown cell that opens a sphinx-exercise solution directive (backtick or colon fence).
 SOLUTION_DIRECTIVE = re.compile(r"^\s*(`{3,}|:{3,})\s*\{solution(-start)?\}", re.MULTILINE)
 
@@ -113,11 +119,13 @@ def _mermaid_before(app: Sphinx, pagename: str, templatename: str, context: dict
     static_path = getattr(app, "scratchlm_mermaid_static", None)
     if not static_path:
         return
-    from sphinxcontrib.mermaid import _MERMAID_INIT_JS_DEFAULT
-
-    app.config.mermaid_use_local = context["pathto"](static_path, 1)  # e.g. ../_static/vendor/...
-    # the extension bakes the import URL into mermaid_init_js on the first page; reset it per page
-    app.config.mermaid_init_js = _MERMAID_INIT_JS_DEFAULT
+    page_relative = context["pathto"](static_path, 1)  # e.g. ../_static/vendor/mermaid/...
+    app.config.mermaid_use_local = page_relative
+    # A custom mermaid_init_js must import Mermaid itself (the extension only prefixes the default),
+    # and the extension would otherwise bake the first page's URL into it: set it per page.
+    app.config.mermaid_init_js = (
+        f'import mermaid from "{page_relative}";mermaid.initialize({json.dumps(MERMAID_CONFIG)});'
+    )
 
 
 def _mermaid_after(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
@@ -135,8 +143,6 @@ def _dedupe_inline_scripts(app: Sphinx, pagename: str, templatename: str, contex
     """Drop repeated inline scripts (sphinx-thebe's ``const THEBE_JS_URL = ...`` arrives twice under
     jupyter-book, and declaring a ``const`` twice is a JavaScript error on every page).
 
-    Runs early (priority 502): ``html-page-context`` stops at the first handler that returns a value,
-    and some theme handlers later in the chain do.
     """
     scripts = context.get("script_files")
     if not isinstance(scripts, list):
@@ -145,7 +151,7 @@ def _dedupe_inline_scripts(app: Sphinx, pagename: str, templatename: str, contex
     kept = []
     for js in scripts:
         attributes = getattr(js, "attributes", None)
-        if getattr(js, "filename", None) is None and isinstance(attributes, dict) and attributes.get("body"):
+        if not getattr(js, "filename", None) and isinstance(attributes, dict) and attributes.get("body"):
             key = tuple(sorted(attributes.items()))
             if key in seen:
                 continue
