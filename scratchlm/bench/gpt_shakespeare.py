@@ -102,6 +102,7 @@ SETTINGS = {
 SWEEP = [  # candidates for --sweep; the fastest (wall) that still reaches the anchor is reported
     Settings("eager+foreach", fused=False, threads=2),
     Settings("eager+fused", fused=True, threads=2),
+    Settings("eager+fused, 1 thread", fused=True, threads=1),  # wins when the cores are busy elsewhere
     Settings("compile+fused", compile=True, fused=True, threads=2),
     Settings("eager+fused+bf16", fused=True, threads=2, autocast="bf16"),
 ]

@@ -190,8 +190,10 @@ class T5(nn.Module):
             bias = bias.masked_fill(pad, float("-inf"))  # (B, H, S, S)
         return self.dropout(self.encoder(x, mask=bias))  # (B, S, C)
 
-    def decode(self, decoder_input_ids: Tensor, memory: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """decoder_input_ids (B, T), memory (B, S, C) -> logits (B, T, V)."""
+    def decode(self, decoder_input_ids: Tensor, memory: Tensor, attention_mask: Tensor | None = None, *,
+               last_only: bool = False) -> Tensor:
+        """decoder_input_ids (B, T), memory (B, S, C) -> logits (B, T, V), or (B, 1, V) with ``last_only``
+        (greedy decoding needs only the newest position, and the V-way projection is the costly part)."""
         self._check_ids("decoder_input_ids", decoder_input_ids)
         T = decoder_input_ids.shape[1]
         y = self.dropout(self.shared(decoder_input_ids))  # (B, T, C)
@@ -199,6 +201,8 @@ class T5(nn.Module):
         memory_padding = None if attention_mask is None else attention_mask == 0  # (B, S) True = padding
         h = self.decoder(y, memory, tgt_mask=bias, memory_key_padding_mask=memory_padding,
                          tgt_is_causal=True)  # (B, T, C)
+        if last_only:
+            h = h[:, -1:]  # (B, 1, C)
         h = self.dropout(h) * self.config.d_model ** -0.5  # (B, T, C) rescale: the output matrix is E
         return h @ self.shared.weight.T  # (B, T, V)
 
@@ -236,7 +240,7 @@ class T5(nn.Module):
         out = torch.full((B, 1), cfg.pad_id, dtype=torch.long, device=input_ids.device)  # (B, 1) start
         done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)  # (B,)
         for _ in range(max_new_tokens):
-            logits = self.decode(out, memory, attention_mask)[:, -1]  # (B, V) last position only
+            logits = self.decode(out, memory, attention_mask, last_only=True)[:, -1]  # (B, V) newest position
             nxt = logits.argmax(-1).masked_fill(done, cfg.pad_id)  # (B,)
             out = torch.cat([out, nxt[:, None]], dim=1)  # (B, t + 1)
             done |= nxt == cfg.eos_id
