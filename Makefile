@@ -35,14 +35,14 @@ browser:
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver; fi; }
 
 book: setup vendor
-	$(BIN)/jupyter-book build . -W -n --keep-going
+	env -u MPLBACKEND $(BIN)/jupyter-book build . -W -n --keep-going
 
 # The same site without exercise solutions, for students.
 student-book: setup vendor
-	SCRATCHLM_STUDENT=1 $(BIN)/jupyter-book build . -W -n --keep-going --path-output _build/student
+	env -u MPLBACKEND SCRATCHLM_STUDENT=1 $(BIN)/jupyter-book build . -W -n --keep-going --path-output _build/student
 
 lint: setup
-	$(BIN)/ruff check scratchlm tests conftest.py
+	$(BIN)/ruff check scratchlm tests conftest.py book
 
 test: setup vendor browser lint
 	$(BIN)/python -m pytest -ra

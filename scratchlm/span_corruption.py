@@ -69,7 +69,8 @@ def corrupt_spans(
 ) -> tuple[list[int], list[int]]:
     """Return ``(inputs, targets)``: each noise span replaced by the next sentinel in the input, and
     listed after that sentinel in the target, which ends with one more sentinel."""
-    mask = [bool(m) for m in noise_mask]
+    # One .tolist() instead of len(ids) tensor-to-bool conversions (the loop below is plain Python).
+    mask = noise_mask.tolist() if isinstance(noise_mask, torch.Tensor) else [bool(m) for m in noise_mask]
     if len(mask) != len(ids):
         raise ValueError(f"noise_mask has {len(mask)} entries for {len(ids)} tokens")
     inputs: list[int] = []
