@@ -61,8 +61,10 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, float]:
     device = torch.device(args.device)
     data, vocab = prepare_data(device)
     torch.manual_seed(args.seed)
+    # bias=False and the exact (erf) GELU: nanoGPT train.py's defaults, which its CPU run uses.
     model = GPT(GPTConfig(block_size=args.block_size, vocab_size=vocab, n_layer=args.n_layer,
-                          n_head=args.n_head, n_embd=args.n_embd, dropout=0.0)).to(device)
+                          n_head=args.n_head, n_embd=args.n_embd, dropout=0.0, bias=False,
+                          gelu_approximate="none")).to(device)
     get_batch = make_lm_get_batch(data, batch_size=args.batch_size, block_size=args.block_size,
                                   seed=args.seed, device=device)
     cfg = TrainConfig(max_steps=args.iters, learning_rate=1e-3, min_lr=1e-4, warmup_steps=100,
