@@ -68,6 +68,10 @@ def setup_chapter(chapter: str, *, seed: int = 1337, quiet: bool = False) -> Cha
     device = get_device()
     seed_everything(seed)
     use_book_style()
+    if profile == "smoke" and device.type == "cpu":
+        # Smoke models are tiny: a second thread buys nothing, and on a busy machine (CI, a shared
+        # laptop) OpenMP threads waiting for each other run many times slower than one thread.
+        torch.set_num_threads(1)
     if not quiet:
         print(f"scratchlm chapter {chapter} | profile={profile} | device={device} | seed={seed}")
         print(

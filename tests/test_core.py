@@ -253,3 +253,16 @@ def test_plot_attention_heads_bad_input():
         plotting.plot_attention_heads(np.zeros((2, 3, 4)), ["a", "b", "c"])
     with pytest.raises(ValueError, match="2 tokens for attention over 3 positions"):
         plotting.plot_attention_heads(np.zeros((2, 3, 3)), ["a", "b"])
+
+
+@pytest.mark.parametrize("profile, expect_single", [("smoke", True), ("cpu", False)])
+def test_setup_chapter_runs_smoke_single_threaded(monkeypatch, profile, expect_single):
+    monkeypatch.setenv("SCRATCHLM_PROFILE", profile)
+    monkeypatch.setenv("SCRATCHLM_DEVICE", "cpu")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        scratchlm.setup_chapter("01", quiet=True)
+        assert (torch.get_num_threads() == 1) is expect_single
+    finally:
+        torch.set_num_threads(before)
