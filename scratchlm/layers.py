@@ -296,19 +296,9 @@ class Encoder(nn.Module):
             x = layer(x, mask=mask, key_padding_mask=key_padding_mask, is_causal=is_causal)  # (B, T, C)
         return self.norm(x)  # (B, T, C)
 
-    @torch.no_grad()
     def load_torch(self, stack: nn.Module) -> Encoder:
         """Copy the weights of a ``nn.TransformerEncoder`` with the same depth and final norm (returns self)."""
-        if not isinstance(stack, nn.TransformerEncoder):
-            raise TypeError(f"load_torch expects nn.TransformerEncoder; got {type(stack).__name__}")
-        if len(stack.layers) != len(self.layers) or (stack.norm is None) != isinstance(self.norm, nn.Identity):
-            raise ValueError(f"load_torch: expected {len(self.layers)} layers and final norm "
-                             f"{not isinstance(self.norm, nn.Identity)}; got {len(stack.layers)} layers and "
-                             f"final norm {stack.norm is not None}")
-        for ours, theirs in zip(self.layers, stack.layers, strict=True):
-            ours.load_torch(theirs)
-        if stack.norm is not None:
-            self.norm.load_state_dict(stack.norm.state_dict())
+        _load_torch_stack(self, stack, nn.TransformerEncoder)
         return self
 
 
@@ -340,20 +330,25 @@ class Decoder(nn.Module):
                       memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=tgt_is_causal)
         return self.norm(x)  # (B, T, C)
 
-    @torch.no_grad()
     def load_torch(self, stack: nn.Module) -> Decoder:
         """Copy the weights of a ``nn.TransformerDecoder`` with the same depth and final norm (returns self)."""
-        if not isinstance(stack, nn.TransformerDecoder):
-            raise TypeError(f"load_torch expects nn.TransformerDecoder; got {type(stack).__name__}")
-        if len(stack.layers) != len(self.layers) or (stack.norm is None) != isinstance(self.norm, nn.Identity):
-            raise ValueError(f"load_torch: expected {len(self.layers)} layers and final norm "
-                             f"{not isinstance(self.norm, nn.Identity)}; got {len(stack.layers)} layers and "
-                             f"final norm {stack.norm is not None}")
-        for ours, theirs in zip(self.layers, stack.layers, strict=True):
-            ours.load_torch(theirs)
-        if stack.norm is not None:
-            self.norm.load_state_dict(stack.norm.state_dict())
+        _load_torch_stack(self, stack, nn.TransformerDecoder)
         return self
+
+
+@torch.no_grad()
+def _load_torch_stack(ours: nn.Module, stack: nn.Module, expected: type) -> None:
+    """Copy a ``nn.TransformerEncoder``/``Decoder`` into our stack: layer by layer, then the final norm."""
+    if not isinstance(stack, expected):
+        raise TypeError(f"load_torch expects nn.{expected.__name__}; got {type(stack).__name__}")
+    ours_has_norm = not isinstance(ours.norm, nn.Identity)
+    if len(stack.layers) != len(ours.layers) or (stack.norm is not None) != ours_has_norm:
+        raise ValueError(f"load_torch: expected {len(ours.layers)} layers and final norm {ours_has_norm}; "
+                         f"got {len(stack.layers)} layers and final norm {stack.norm is not None}")
+    for our_layer, their_layer in zip(ours.layers, stack.layers, strict=True):
+        our_layer.load_torch(their_layer)
+    if stack.norm is not None:
+        ours.norm.load_state_dict(stack.norm.state_dict())
 
 
 @torch.no_grad()
