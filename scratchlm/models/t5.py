@@ -26,6 +26,7 @@ therefore multiplies W_q by √d_head, after which the logits agree (tested).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -225,12 +226,17 @@ class T5(nn.Module):
 
     @torch.no_grad()
     def generate_greedy(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
-                        max_new_tokens: int = 32) -> Tensor:
+                        max_new_tokens: int = 32,
+                        allowed_tokens: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """y_t = argmax_v p(v | y_<t, x), starting from the start token; stops at EOS.
 
         The encoder runs once; the decoder is re-run on the growing prefix every step (no cache:
         outputs here are a few dozen tokens). Returns (B, L) ids without the start token; rows
         that finished early are padded with ``pad_id`` after their EOS.
+
+        ``allowed_tokens`` (constrained decoding, Chapter 08) maps the tokens generated so far,
+        (B, t) without the start token, to a (B, V) bool mask; the argmax is then taken over the
+        allowed tokens only (see :class:`scratchlm.constrained.ItemSequenceConstraint`).
         """
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int; got {max_new_tokens!r}")
@@ -241,6 +247,12 @@ class T5(nn.Module):
         done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)  # (B,)
         for _ in range(max_new_tokens):
             logits = self.decode(out, memory, attention_mask, last_only=True)[:, -1]  # (B, V) newest position
+            if allowed_tokens is not None:
+                allowed = allowed_tokens(out[:, 1:])  # (B, V) bool
+                if allowed.shape != logits.shape or allowed.dtype != torch.bool:
+                    raise ValueError(f"allowed_tokens must return a bool mask of shape {tuple(logits.shape)}; "
+                                     f"got {allowed.dtype} {tuple(allowed.shape)}")
+                logits = logits.masked_fill(~allowed, float("-inf"))  # (B, V)
             nxt = logits.argmax(-1).masked_fill(done, cfg.pad_id)  # (B,)
             out = torch.cat([out, nxt[:, None]], dim=1)  # (B, t + 1)
             done |= nxt == cfg.eos_id
