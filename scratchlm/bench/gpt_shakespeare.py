@@ -1,21 +1,26 @@
 """Benchmark: nanoGPT's character-level Tiny Shakespeare CPU run with scratchlm's GPT and train loop.
 
-    python -m scratchlm.bench.gpt_shakespeare                 # default settings, then the fast ones
-    python -m scratchlm.bench.gpt_shakespeare --only fast --iters 500
+    python -m scratchlm.bench.gpt_shakespeare            # nanoGPT's config, then the fastest settings
+    python -m scratchlm.bench.gpt_shakespeare --sweep    # time every candidate setting
+    python -m scratchlm.bench.gpt_shakespeare --custom --no-fused --threads 1 --iters 500
 
 The configuration is nanoGPT's README CPU command (4 layers, 4 heads, 128 wide, block 64, batch 12,
 2000 iterations, dropout 0, lr 1e-3 with 100 warm-up steps and cosine decay to 1e-4, AdamW
-β = (0.9, 0.99), weight decay 0.1, clip 1.0, evaluation every 250 steps on 20 batches); the data
-split is nanoGPT's (first 90 % of the characters train, last 10 % validation). The anchor is
-nanoGPT's val loss 1.8857 after about 71 s (≈ 30 ms/iteration) on the book's 2-core machine.
+β = (0.9, 0.99), weight decay 0.1, clip 1.0, evaluation every 250 steps on 20 batches), bias-free
+Linear/LayerNorm and the exact GELU as in nanoGPT's train.py; the data split is nanoGPT's (first
+90 % of the characters train, last 10 % validation).
 
-Reported per run: wall seconds of the whole training call (steps + evaluations), ms per training
-iteration and tokens per second (training steps only), and the final train and val loss. Losses
-are nanoGPT-style estimates: the mean over ``--eval-iters`` random batches of 12 x 64 tokens, the
-batches drawn once from a seeded generator (so every evaluation of a run sees the same batches, and
-train batches are ones never trained on). The final line also gives the val loss over
-``--final-eval-iters`` batches, a tighter estimate. A benchmark, not a test: timings depend on the
-machine and its load.
+Reported per run: wall seconds of the whole ``train()`` call (optimizer set-up, steps, evaluations),
+ms per training iteration and tokens per second (training steps only), the final train and val loss
+estimated like nanoGPT (mean over ``--eval-iters`` random batches of 12 x 64 tokens, drawn from a
+seeded generator; train batches are ones never trained on), and the val loss over the **whole**
+validation split (1,742 consecutive windows of 64 characters: exact, no sampling noise). The 1.88
+target is checked on the whole split.
+
+Why the whole split: nanoGPT's "1.88" is its 20-batch estimate. Its own 2,000-iteration run scores
+1.8857 that way but 1.8976 on the whole split, so at 2,000 iterations *neither* implementation is
+at 1.88; both need ~2,250 iterations (see ``NANOGPT_MEASURED``). A benchmark, not a test: the
+timings depend on the machine and its load (on the book's 2-core VM the same run varies by ±8 %).
 """
 
 from __future__ import annotations
@@ -29,9 +34,15 @@ import torch
 from ..corpora import load_shakespeare
 from ..models.gpt import GPT, GPTConfig
 from ..tokenizers import CharTokenizer
-from ..train import TrainConfig, causal_lm_loss, evaluate, make_lm_get_batch, train
+from ..train import TrainConfig, causal_lm_loss, make_lm_get_batch, train
 
-ANCHOR_VAL_LOSS = 1.88  # nanoGPT's reported CPU result (1.8857 measured here)
+ANCHOR_VAL_LOSS = 1.88  # target val loss (whole validation split), nanoGPT's reported CPU result
+# nanoGPT itself on the book's 2-core AMD EPYC (AVX2) with torch 2.13 CPU, 2 threads, 2026-11-23: its
+# model.py and train.py CPU path with the README's command (seed 1337); wall time of its training loop
+# (steps + evaluations, after start-up). The 20-batch figure at 2,000 iterations reproduces the 1.8857
+# nanoGPT reports. {iterations: (loop seconds, val loss on 20 batches, val loss on the whole split)}
+NANOGPT_MEASURED = {2000: (175.2, 1.8857, 1.8976), 2250: (178.2, 1.8904, 1.8687),
+                    2500: (227.8, 1.8502, 1.8380)}
 
 
 @dataclass
@@ -43,6 +54,7 @@ class Settings:
     fused: bool | None = None  # fused AdamW kernel (None: when available)
     threads: int | None = None  # torch.set_num_threads (None: PyTorch's default)
     autocast: str = "off"  # "off" or "bf16" (CPU bf16 is only fast with AMX / AVX512-BF16)
+    iters: int | None = None  # training iterations (None: --iters); the schedule decays over them
 
 
 def prepare_data(device: torch.device) -> tuple[dict[str, torch.Tensor], int]:
@@ -52,6 +64,26 @@ def prepare_data(device: torch.device) -> tuple[dict[str, torch.Tensor], int]:
     ids = torch.tensor(tok.encode(text), dtype=torch.long)  # (1,115,394,)
     n = int(0.9 * len(ids))
     return {"train": ids[:n].to(device), "val": ids[n:].to(device)}, tok.vocab_size
+
+
+@torch.no_grad()
+def full_split_loss(model: GPT, ids: torch.Tensor, block_size: int, windows_per_batch: int = 256) -> float:
+    """Mean next-token loss over a whole split, in consecutive non-overlapping windows of ``block_size``.
+
+    Every position is predicted from the context inside its window, as in training; no sampling, so
+    the figure is exact and the same for every run of the same weights.
+    """
+    was_training = model.training
+    model.eval()
+    n = (ids.numel() - 1) // block_size
+    x = ids[: n * block_size].view(n, block_size)  # (n, T)
+    y = ids[1: n * block_size + 1].view(n, block_size)  # (n, T) targets: x shifted by one
+    total = 0.0
+    for i in range(0, n, windows_per_batch):
+        _, loss = model(x[i: i + windows_per_batch], targets=y[i: i + windows_per_batch])
+        total += loss.item() * y[i: i + windows_per_batch].numel()
+    model.train(was_training)
+    return total / (n * block_size)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> dict[str, float]:
@@ -67,7 +99,8 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, float]:
                           gelu_approximate="none")).to(device)
     get_batch = make_lm_get_batch(data, batch_size=args.batch_size, block_size=args.block_size,
                                   seed=args.seed, device=device)
-    cfg = TrainConfig(max_steps=args.iters, learning_rate=1e-3, min_lr=1e-4, warmup_steps=100,
+    iters = settings.iters or args.iters
+    cfg = TrainConfig(max_steps=iters, learning_rate=1e-3, min_lr=1e-4, warmup_steps=100,
                       weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0,
                       eval_every=args.eval_interval, eval_batches=args.eval_iters, eval_train=True,
                       eval_at_start=False, autocast=settings.autocast, compile=settings.compile,
@@ -75,38 +108,42 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, float]:
     t0 = time.perf_counter()
     hist = train(model, get_batch, causal_lm_loss, cfg)
     wall = time.perf_counter() - t0
-    first = cfg.max_steps  # val indices >= eval_iters have not been used by the evaluations
-    final_val = evaluate(model, get_batch, causal_lm_loss, "val",
-                         range(first, first + args.final_eval_iters))
-    tokens = args.iters * args.batch_size * args.block_size
-    return {"wall_s": wall, "ms_per_iter": 1000 * hist.train_time_s / args.iters,
+    final_val = full_split_loss(model, data["val"], args.block_size)
+    tokens = iters * args.batch_size * args.block_size
+    return {"iters": iters, "wall_s": wall, "ms_per_iter": 1000 * hist.train_time_s / iters,
             "tokens_per_s": tokens / hist.train_time_s, "train_loss": hist.eval_train_loss[-1],
             "val_loss": hist.val_loss[-1], "final_val": final_val, "eval_s": hist.eval_time_s,
             "threads": torch.get_num_threads()}
 
 
 def report(settings: Settings, r: dict[str, float], args: argparse.Namespace) -> None:
-    ok = "reaches" if r["val_loss"] <= ANCHOR_VAL_LOSS else "MISSES"
-    print(f"[{settings.name}] compile={settings.compile} fused={settings.fused} threads={r['threads']:.0f} "
-          f"autocast={settings.autocast} | wall {r['wall_s']:.1f} s | {r['ms_per_iter']:.1f} ms/iter | "
-          f"{r['tokens_per_s']:,.0f} tokens/s | train {r['train_loss']:.4f} val {r['val_loss']:.4f} "
-          f"({args.eval_iters} batches; {ok} <= {ANCHOR_VAL_LOSS}) | val {r['final_val']:.4f} "
-          f"({args.final_eval_iters} batches) | eval {r['eval_s']:.1f} s", flush=True)
+    ok = "reaches" if r["final_val"] <= ANCHOR_VAL_LOSS else "MISSES"
+    print(f"[{settings.name}] {r['iters']:.0f} iters, compile={settings.compile} fused={settings.fused} "
+          f"threads={r['threads']:.0f} autocast={settings.autocast} | wall {r['wall_s']:.1f} s | "
+          f"{r['ms_per_iter']:.1f} ms/iter | {r['tokens_per_s']:,.0f} tokens/s | train {r['train_loss']:.4f} "
+          f"val {r['val_loss']:.4f} ({args.eval_iters} batches) | val {r['final_val']:.4f} (whole split; "
+          f"{ok} <= {ANCHOR_VAL_LOSS}) | eval {r['eval_s']:.1f} s", flush=True)
 
 
 SETTINGS = {
-    "default": Settings("default"),  # eager, fused AdamW where available, PyTorch's thread count
-    # The preset second line: eager with the fused AdamW kernel and one thread per core. On a 2-core
-    # CPU torch.compile's one-off compile time (tens of seconds) costs more than its fused element-wise
-    # kernels save over 2,000 steps of a model this small; run --sweep to measure that on your machine.
-    "fast": Settings("fast", compile=False, fused=True, threads=2),
+    "nanogpt": Settings("nanoGPT config"),  # eager, fused AdamW where available, PyTorch's thread count
+    # The second line: the fastest settings found by --sweep that reach 1.88 on the whole split, at the
+    # shortest schedule (in steps of 250) that gets there: 2,250 iterations (2,000 give 1.902).
+    # Ours vs nanoGPT on the book's machine (wall of the training loop; ours in several runs):
+    # 2,000 iters 142.9 / 145.5 s vs 175.2 s; 2,250 iters 166.4 / 186.0 s vs 178.2 s (whole-split val
+    # 1.8681 vs 1.8687); 2,500 iters 177.6-189.6 s vs 227.8 s. About 15 % faster on average, within
+    # the machine's noise for a single pair of runs.
+    # Sweep on the book's machine, 2,500 iterations: eager + for-each AdamW 66.9 ms/iter, eager + fused
+    # 71.9 (the two swap places between runs: the noise), 1 thread 84.9, torch.compile 81.8 (its
+    # ~40 s of compiling, twice: train and eval graphs, is not repaid by fusing GELU and LayerNorm on a
+    # model whose time is 58 % matmul). bf16 autocast is left out: this CPU has no bf16 instructions.
+    "fast": Settings("fastest reaching 1.88", fused=False, threads=2, iters=2250),
 }
-SWEEP = [  # candidates for --sweep; the fastest (wall) that still reaches the anchor is reported
+SWEEP = [  # candidates for --sweep; the fastest (wall) that still reaches the target is reported
     Settings("eager+foreach", fused=False, threads=2),
     Settings("eager+fused", fused=True, threads=2),
     Settings("eager+fused, 1 thread", fused=True, threads=1),  # wins when the cores are busy elsewhere
     Settings("compile+fused", compile=True, fused=True, threads=2),
-    Settings("eager+fused+bf16", fused=True, threads=2, autocast="bf16"),
 ]
 
 
@@ -122,7 +159,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=2000)
     parser.add_argument("--eval-interval", type=int, default=250)
     parser.add_argument("--eval-iters", type=int, default=20, help="batches per evaluation (nanoGPT: 20)")
-    parser.add_argument("--final-eval-iters", type=int, default=200, help="batches for the final val loss")
     parser.add_argument("--batch-size", type=int, default=12)
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--n-layer", type=int, default=4)
@@ -144,16 +180,19 @@ def main(argv: list[str] | None = None) -> None:
         runs = list(SETTINGS.values())
     print(f"nanoGPT CPU config: {args.n_layer} layers, {args.n_head} heads, {args.n_embd} wide, block "
           f"{args.block_size}, batch {args.batch_size}, {args.iters} iters | torch {torch.__version__} | "
-          f"anchor: nanoGPT val 1.8857 in ~71 s (30 ms/iter) on 2 cores", flush=True)
+          f"target: val <= {ANCHOR_VAL_LOSS} on the whole split", flush=True)
+    for iters, (wall, val20, val_all) in NANOGPT_MEASURED.items():
+        print(f"[nanoGPT itself, measured on the book's 2-core machine] {iters} iters | loop {wall:.1f} s | "
+              f"val {val20:.4f} (20 batches) | val {val_all:.4f} (whole split)")
     results = []
     for settings in runs:
         results.append((settings, run(settings, args)))
         report(*results[-1], args)
     if args.sweep:
-        good = [(s, r) for s, r in results if r["val_loss"] <= ANCHOR_VAL_LOSS]
+        good = [(s, r) for s, r in results if r["final_val"] <= ANCHOR_VAL_LOSS]
         if good:
             best = min(good, key=lambda sr: sr[1]["wall_s"])
-            print("fastest reaching the anchor:", end=" ")
+            print("fastest reaching the target:", end=" ")
             report(*best, args)
         else:
             print(f"no setting reached val <= {ANCHOR_VAL_LOSS}")
