@@ -41,7 +41,7 @@ def _children(node: dict) -> set[int]:
     return {t for t in node if t != _END}
 
 
-def _inner_tokens(node: dict, is_root: bool = True) -> set[int]:
+def _inner_tokens(node: dict) -> set[int]:
     """Tokens that continue an item that could already have ended (the ambiguous ones)."""
     found: set[int] = set()
     for t, child in node.items():
@@ -49,7 +49,7 @@ def _inner_tokens(node: dict, is_root: bool = True) -> set[int]:
             continue
         if _END in child:
             found |= _children(child)
-        found |= _inner_tokens(child, False)
+        found |= _inner_tokens(child)
     return found
 
 

@@ -30,8 +30,10 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import DataLoader
 
 from ..corpora import load_shakespeare
+from ..lm_data import SlidingWindowDataset
 from ..models.gpt import GPT, GPTConfig
 from ..tokenizers import CharTokenizer
 from ..train import TrainConfig, causal_lm_loss, make_lm_get_batch, train
@@ -73,23 +75,30 @@ def full_split_loss(model: GPT, ids: torch.Tensor, block_size: int, windows_per_
     Every position is predicted from the context inside its window, as in training; no sampling, so
     the figure is exact and the same for every run of the same weights.
     """
+    windows = SlidingWindowDataset(ids, block_size)  # Chapter 02's windows, stride = block_size
     was_training = model.training
     model.eval()
-    n = (ids.numel() - 1) // block_size
-    x = ids[: n * block_size].view(n, block_size)  # (n, T)
-    y = ids[1: n * block_size + 1].view(n, block_size)  # (n, T) targets: x shifted by one
-    total = 0.0
-    for i in range(0, n, windows_per_batch):
-        _, loss = model(x[i: i + windows_per_batch], targets=y[i: i + windows_per_batch])
-        total += loss.item() * y[i: i + windows_per_batch].numel()
+    total = count = 0
+    for x, y in DataLoader(windows, batch_size=windows_per_batch):  # (b, T) each; y = x shifted by one
+        _, loss = model(x, targets=y)
+        total += loss.item() * y.numel()
+        count += y.numel()
     model.train(was_training)
-    return total / (n * block_size)
+    return total / count
 
 
 def run(settings: Settings, args: argparse.Namespace) -> dict[str, float]:
-    """Train once under ``settings``; return the measured figures."""
+    """Train once under ``settings``; return the measured figures (PyTorch's thread count is restored)."""
+    threads_before = torch.get_num_threads()
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    try:
+        return _train_and_measure(settings, args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train_and_measure(settings: Settings, args: argparse.Namespace) -> dict[str, float]:
     device = torch.device(args.device)
     data, vocab = prepare_data(device)
     torch.manual_seed(args.seed)
