@@ -1,13 +1,27 @@
 """scratchlm: the package every chapter of the book imports.
 
+Grouped by role: ``layers`` (attention, positions, norms, feed-forward, blocks), ``models`` (the
+Chapter 05 Transformer, GPT, BERT, T5), ``tokenizers``, ``data`` (registry, corpora, collators),
+``training`` (loop, optimizer, checkpoints), ``decoding`` (sampling, constrained), ``runtime``
+(profiles, device, source display, plotting) and ``bench`` (commands that print figures).
 Each module says which chapter introduced it. Nothing here reaches the network at import time.
 """
 
-from .data import dataset_info, dataset_path, read_text
-from .plotting import plot_attention_heads, plot_heatmap, plot_loss_curves, use_book_style
-from .profiles import by_profile, current_profile
-from .runtime import ChapterContext, get_device, seed_everything, setup_chapter
-from .source import get_source, show_source
+from .data.registry import dataset_info, dataset_path, read_text
+from .runtime import (
+    ChapterContext,
+    by_profile,
+    current_profile,
+    get_device,
+    get_source,
+    plot_attention_heads,
+    plot_heatmap,
+    plot_loss_curves,
+    seed_everything,
+    setup_chapter,
+    show_source,
+    use_book_style,
+)
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""Tests for scratchlm.attention (Chapter 03), each against an independent reference:
+"""Tests for scratchlm.layers.attention (Chapter 03), each against an independent reference:
 F.scaled_dot_product_attention, nn.MultiheadAttention with copied weights, brute-force loops."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchlm.attention import (
+from scratchlm.layers.attention import (
     MultiHeadAttention,
     causal_mask,
     padding_mask,

@@ -109,7 +109,7 @@ def test_name_map_covers_every_layer_parameter():
 
 
 def _minilm_dir():
-    from scratchlm.corpora import minilm_files
+    from scratchlm.data.corpora import minilm_files
 
     try:
         return minilm_files().directory

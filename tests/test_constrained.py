@@ -1,4 +1,4 @@
-"""Tests for scratchlm.constrained: the allowed-token masks equal brute-force enumeration of the grammar,
+"""Tests for scratchlm.decoding.constrained: the allowed-token masks equal brute-force enumeration of the grammar,
 and constrained greedy decoding with a real (random) T5 picks the best allowed token at every step."""
 
 import itertools
@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from scratchlm.constrained import ItemSequenceConstraint
+from scratchlm.decoding.constrained import ItemSequenceConstraint
 from scratchlm.models.t5 import T5, T5Config
 
 EOS, V = 1, 67

@@ -14,7 +14,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import scratchlm  # noqa: E402
-from scratchlm import plotting, profiles, runtime, source  # noqa: E402
+from scratchlm.runtime import context as runtime  # noqa: E402
+from scratchlm.runtime import plotting, profiles, source  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -162,7 +163,7 @@ def test_get_source_is_the_real_file_text(obj, module, name):
 
 
 def test_get_source_of_a_method_is_indented_file_text():
-    from scratchlm.data import DatasetInfo
+    from scratchlm.data.registry import DatasetInfo
 
     text = source.get_source(DatasetInfo.file)
     assert text.lstrip().startswith("def file(self, name: str)")
@@ -177,7 +178,7 @@ def test_get_source_rejects_non_scratchlm_objects(obj):
 
 def test_show_source_renders_a_python_block():
     md = source.show_source(scratchlm.by_profile)
-    assert md.data.startswith("`scratchlm.profiles.by_profile`")
+    assert md.data.startswith("`scratchlm.runtime.profiles.by_profile`")
     assert "```python\n" + source.get_source(scratchlm.by_profile) in md.data
     with pytest.raises(TypeError):
         source.show_source(torch.nn.Linear)

@@ -1,4 +1,4 @@
-"""Tests for scratchlm.corpora (Chapter 02): dataset readers, the split helper, MiniLM files."""
+"""Tests for scratchlm.data.corpora (Chapter 02): dataset readers, the split helper, MiniLM files."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from scratchlm import corpora
-from scratchlm.corpora import (
+from scratchlm.data import corpora
+from scratchlm.data.corpora import (
     UPOS_TAGS,
     load_conllu,
     load_conllu_texts,

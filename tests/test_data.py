@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from scratchlm import data
+from scratchlm.data import registry as data
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHAKESPEARE = SHARED / "tinyshakespeare" / "input.txt"

@@ -1,11 +1,17 @@
-"""Tests for scratchlm.generate (Chapter 06): filters, cache equivalence, batching, stop tokens."""
+"""Tests for scratchlm.decoding.sampling (Chapter 06): filters, cache equivalence, batching, stop tokens."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from scratchlm.generate import generate, left_pad, next_token_distribution, top_k_filter, top_p_filter
+from scratchlm.decoding.sampling import (
+    generate,
+    left_pad,
+    next_token_distribution,
+    top_k_filter,
+    top_p_filter,
+)
 from scratchlm.models.gpt import GPT, GPTConfig
 
 

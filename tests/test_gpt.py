@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from scratchlm.generate import generate
+from scratchlm.decoding.sampling import generate
 from scratchlm.models.gpt import GPT, GPTConfig
 
 SMALL = dict(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=32)

@@ -1,4 +1,4 @@
-"""Tests for scratchlm.layers and scratchlm.encoder_decoder (Chapter 05).
+"""Tests for scratchlm.layers and scratchlm.models.transformer (Chapter 05).
 
 References: nn.LayerNorm, a hand-built nn.Sequential FFN, nn.TransformerEncoderLayer /
 nn.TransformerDecoderLayer / nn.TransformerEncoder / nn.TransformerDecoder / nn.Transformer with
@@ -12,13 +12,13 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from scratchlm.encoder_decoder import (
+from scratchlm.layers import Decoder, DecoderLayer, Encoder, EncoderLayer, FeedForward, LayerNorm
+from scratchlm.models.transformer import (
     EncoderDecoderConfig,
     EncoderDecoderTransformer,
     count_parameters_formula,
     parameter_breakdown,
 )
-from scratchlm.layers import Decoder, DecoderLayer, Encoder, EncoderLayer, FeedForward, LayerNorm
 
 D, H, F_, B, T, S = 32, 4, 64, 3, 7, 6  # d_model, heads, d_ff, batch, target length, source length
 TOL = dict(atol=1e-5, rtol=1e-5)

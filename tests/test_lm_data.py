@@ -1,4 +1,4 @@
-"""Tests for scratchlm.lm_data (Chapter 02): windows, random batches, padding collate, HF datasets."""
+"""Tests for scratchlm.data.lm (Chapter 02): windows, random batches, padding collate, HF datasets."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
-from scratchlm.corpora import load_shakespeare
-from scratchlm.lm_data import (
+from scratchlm.data.corpora import load_shakespeare
+from scratchlm.data.lm import (
     IGNORE_INDEX,
     SlidingWindowDataset,
     hf_text_dataset,

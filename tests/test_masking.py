@@ -1,12 +1,12 @@
-"""Tests for scratchlm.masking (MLM 80/10/10, NSP pairs) and scratchlm.span_corruption (T5)."""
+"""Tests for scratchlm.data.mlm (MLM 80/10/10, NSP pairs) and scratchlm.data.span_corruption (T5)."""
 
 import random
 
 import pytest
 import torch
 
-from scratchlm.masking import MLMCollator, NSPExample, build_nsp_pairs, encode_pair, mask_tokens
-from scratchlm.span_corruption import (
+from scratchlm.data.mlm import MLMCollator, NSPExample, build_nsp_pairs, encode_pair, mask_tokens
+from scratchlm.data.span_corruption import (
     SpanCorruptionCollator,
     corrupt_spans,
     random_spans_noise_mask,

@@ -1,4 +1,4 @@
-"""Tests for scratchlm.positional (Chapter 04), each against an independent reference:
+"""Tests for scratchlm.layers.positional (Chapter 04), each against an independent reference:
 a plain-Python closed form, explicit rotation matrices built from the formula, complex numbers,
 and Hugging Face's LLaMA rotary implementation where transformers is installed."""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scratchlm.positional import (
+from scratchlm.layers.positional import (
     LearnedPositionalEmbedding,
     RotaryEmbedding,
     RotaryMultiHeadAttention,

@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scratchlm.corpora import load_conllu_texts, load_shakespeare, load_sms_spam, minilm_files
+from scratchlm.data.corpora import load_conllu_texts, load_shakespeare, load_sms_spam, minilm_files
 from scratchlm.tokenizers import ByteBPETokenizer, CharTokenizer, WordPieceTokenizer
 from scratchlm.tokenizers.bpe import GPT2_PATTERN, GPT4_PATTERN, SIMPLE_PATTERN
 

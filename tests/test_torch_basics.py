@@ -1,4 +1,4 @@
-"""Tests for scratchlm.torch_basics (Chapter 01), each against an independent reference."""
+"""Tests for scratchlm.runtime.torch_basics (Chapter 01), each against an independent reference."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scratchlm.torch_basics import (
+from scratchlm.runtime.torch_basics import (
     ParameterCount,
     TinyBlock,
     TinyCharLM,

@@ -1,4 +1,4 @@
-"""Tests for scratchlm.train and scratchlm.checkpoint (Chapter 06)."""
+"""Tests for scratchlm.training and scratchlm.training.checkpoint (Chapter 06)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from scratchlm.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
-from scratchlm.train import (
+from scratchlm.data.lm import make_lm_get_batch
+from scratchlm.training import (
     TrainConfig,
     TrainHistory,
     adamw_with_decay_groups,
+    load_checkpoint,
     lr_at,
-    make_lm_get_batch,
+    read_checkpoint_metadata,
+    save_checkpoint,
     train,
 )
 
@@ -48,7 +50,7 @@ def tiny_loss(model, batch):
 
 
 def tiny_get_batch(split: str, index: int):
-    """Pure function of (split, index), independent of scratchlm.lm_data."""
+    """Pure function of (split, index), independent of scratchlm.data.lm."""
     g = torch.Generator().manual_seed(10_000 * (split == "val") + index)
     data = torch.arange(200) * 7 % VOCAB  # a learnable periodic sequence
     starts = torch.randint(0, 200 - BLOCK - 1, (BATCH,), generator=g)
@@ -228,7 +230,7 @@ def test_bf16_autocast_on_cpu_runs_and_history_roundtrips():
 
 # ---- the LM batch function -------------------------------------------------------------------
 def test_make_lm_get_batch_is_pure_and_shifted():
-    pytest.importorskip("scratchlm.lm_data")
+    pytest.importorskip("scratchlm.data.lm")
     ids = torch.arange(1000)
     get_batch = make_lm_get_batch({"train": ids, "val": ids + 5000}, batch_size=3, block_size=6, seed=4)
     x, y = get_batch("train", 12)

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..attention import IMPLS, scaled_dot_product_attention
+from ..layers.attention import IMPLS, scaled_dot_product_attention
 
 
 @dataclass

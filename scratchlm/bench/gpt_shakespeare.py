@@ -32,11 +32,11 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from ..corpora import load_shakespeare
-from ..lm_data import SlidingWindowDataset
+from ..data.corpora import load_shakespeare
+from ..data.lm import SlidingWindowDataset, make_lm_get_batch
 from ..models.gpt import GPT, GPTConfig
 from ..tokenizers import CharTokenizer
-from ..train import TrainConfig, causal_lm_loss, make_lm_get_batch, train
+from ..training import TrainConfig, causal_lm_loss, train
 
 ANCHOR_VAL_LOSS = 1.88  # target val loss (whole validation split), nanoGPT's reported CPU result
 # nanoGPT itself on the book's 2-core AMD EPYC (AVX2) with torch 2.13 CPU, 2 threads, 2026-11-23: its

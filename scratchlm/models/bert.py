@@ -34,10 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import ACTIVATIONS, EncoderLayer, LayerNorm
-from ..positional import LearnedPositionalEmbedding
-
-IGNORE_INDEX = -100
+from ..constants import IGNORE_INDEX
+from ..layers.blocks import EncoderLayer
+from ..layers.feedforward import ACTIVATIONS
+from ..layers.norms import LayerNorm
+from ..layers.positional import LearnedPositionalEmbedding
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attention import padding_mask, scaled_dot_product_attention
+from ..layers.attention import padding_mask, scaled_dot_product_attention
 
 KeyValue = tuple[Tensor, Tensor]  # cached (k, v) of one layer, each (B, H, T_past, head_dim)
 
@@ -264,8 +264,8 @@ class GPT(nn.Module):
                              betas: tuple[float, float], eps: float = 1e-8,
                              fused: bool | None = None) -> torch.optim.AdamW:
         """AdamW where matrices (embeddings, Linear weights) decay and biases / LayerNorm gains don't;
-        the fused kernel when the device has one (see :func:`scratchlm.train.adamw_with_decay_groups`)."""
-        from ..train import adamw_with_decay_groups
+        the fused kernel when the device has one (see :func:`scratchlm.training.adamw_with_decay_groups`)."""
+        from ..training.optim import adamw_with_decay_groups
 
         return adamw_with_decay_groups(self.named_parameters(), learning_rate=learning_rate,
                                        weight_decay=weight_decay, betas=betas, eps=eps, fused=fused)

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import Decoder, Encoder, LayerNorm
-
-IGNORE_INDEX = -100
+from ..constants import IGNORE_INDEX
+from ..layers.blocks import Decoder, Encoder
+from ..layers.norms import LayerNorm, RMSNorm
 
 
 @dataclass
@@ -68,22 +68,6 @@ class T5Config:
         for name in ("pad_id", "eos_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
                 raise ValueError(f"T5Config.{name} must be in [0, vocab_size={self.vocab_size}); got {getattr(self, name)}")
-
-
-class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x²) + ε) · γ — LayerNorm without centring and without β (Zhang & Sennrich, 2019).
-
-    T5's "T5LayerNorm". Cheaper than LayerNorm and, in practice, as good. Introduced in Chapter 08.
-    """
-
-    def __init__(self, d_model: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d_model))  # γ, (C,)
-
-    def forward(self, x: Tensor) -> Tensor:
-        rms_inv = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)  # (..., 1)
-        return (x.float() * rms_inv).to(x.dtype) * self.weight  # (..., C)
 
 
 def relative_position_bucket(relative_position: Tensor, *, bidirectional: bool = True, num_buckets: int = 32,
@@ -236,7 +220,7 @@ class T5(nn.Module):
 
         ``allowed_tokens`` (constrained decoding, Chapter 08) maps the tokens generated so far,
         (B, t) without the start token, to a (B, V) bool mask; the argmax is then taken over the
-        allowed tokens only (see :class:`scratchlm.constrained.ItemSequenceConstraint`).
+        allowed tokens only (see :class:`scratchlm.decoding.constrained.ItemSequenceConstraint`).
         """
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int; got {max_new_tokens!r}")

@@ -10,7 +10,7 @@ Two stages, as in BERT (Devlin et al., 2019):
    covered (or is longer than 100 characters) becomes ``[UNK]`` as a whole.
 
 Reads a BERT ``vocab.txt`` (one token per line, id = line number), e.g. the one shipped with
-all-MiniLM-L6-v2 (see :func:`scratchlm.corpora.minilm_files`).
+all-MiniLM-L6-v2 (see :func:`scratchlm.data.corpora.minilm_files`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``train(model, get_batch, loss_fn, cfg)`` runs AdamW (decay / no-decay parameter groups), a linear
 warm-up followed by cosine decay of the learning rate, gradient clipping, gradient accumulation,
 autocast (bf16 on CUDA), optional ``torch.compile``, evaluation every ``eval_every`` steps and
-checkpoint / resume in safetensors (see :mod:`scratchlm.checkpoint`).
+checkpoint / resume in safetensors (see :mod:`scratchlm.training.checkpoint`).
 
 The data contract: ``get_batch(split, index)`` must be a *pure function* of ``(split, index)``
 (seed a generator from the index, as :func:`make_lm_get_batch` does). Training step ``s`` with
@@ -18,19 +18,17 @@ too, or the resumed run would train on different data than the uninterrupted one
 from __future__ import annotations
 
 import contextlib
-import inspect
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .optim import build_optimizer, lr_at
 
 
 @dataclass
@@ -115,70 +113,6 @@ class TrainHistory:
     def from_dict(cls, data: dict[str, Any]) -> TrainHistory:
         return cls(**data)
 
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for (0-based) ``step``: linear warm-up, then cosine decay to ``min_lr``.
-
-    lr(s) = lr_max (s + 1) / (W + 1)                                          for s < W
-    lr(s) = lr_min + ½ (1 + cos(π (s − W) / (D − W))) (lr_max − lr_min)        for W ≤ s ≤ D
-    lr(s) = lr_min                                                             for s > D
-    with W = warmup_steps and D = lr_decay_steps (default max_steps); nanoGPT's schedule.
-    """
-    if step < 0:
-        raise ValueError(f"step must be >= 0; got {step}")
-    decay_steps = cfg.lr_decay_steps if cfg.lr_decay_steps is not None else cfg.max_steps
-    if step < cfg.warmup_steps:
-        return cfg.learning_rate * (step + 1) / (cfg.warmup_steps + 1)
-    if step > decay_steps or decay_steps <= cfg.warmup_steps:
-        return cfg.min_lr
-    ratio = (step - cfg.warmup_steps) / (decay_steps - cfg.warmup_steps)  # 0 -> 1
-    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
-    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
-
-
-def fused_adamw_available(device: torch.device) -> bool:
-    """Whether this PyTorch has a fused AdamW kernel for ``device`` (CUDA; CPU since PyTorch 2.4)."""
-    if "fused" not in inspect.signature(torch.optim.AdamW).parameters:
-        return False
-    return device.type in ("cuda", "cpu") or (device.type == "mps" and torch.__version__ >= "2.5")
-
-
-def adamw_with_decay_groups(
-    named_parameters: Iterable[tuple[str, nn.Parameter]],
-    *,
-    learning_rate: float,
-    weight_decay: float,
-    betas: tuple[float, float],
-    eps: float = 1e-8,
-    fused: bool | None = None,
-) -> torch.optim.AdamW:
-    """AdamW with two parameter groups: matrices (weights of Linear/Embedding) decay, the rest don't.
-
-    Why: weight decay pulls parameters towards 0. For a weight matrix that is a useful prior; for a
-    bias or a LayerNorm gain it only fights the value the layer needs (a gain of 0 kills the
-    signal). nanoGPT's rule is the simple one used here: ``dim >= 2`` decays, ``dim < 2`` does not.
-    """
-    params = [(n, p) for n, p in named_parameters if p.requires_grad]
-    if not params:
-        raise ValueError("adamw_with_decay_groups got no trainable parameters")
-    decay = [p for _, p in params if p.dim() >= 2]
-    no_decay = [p for _, p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    device = params[0][1].device
-    if fused is None:
-        fused = fused_adamw_available(device)
-    kwargs = {"fused": True} if fused else {}
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, **kwargs)
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The model's own ``configure_optimizers`` when it has one, else :func:`adamw_with_decay_groups`."""
-    kwargs = dict(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                  betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=cfg.fused)
-    if hasattr(model, "configure_optimizers"):
-        return model.configure_optimizers(**kwargs)
-    return adamw_with_decay_groups(model.named_parameters(), **kwargs)
 
 
 def autocast_context(device: torch.device, mode: str) -> contextlib.AbstractContextManager:
@@ -309,40 +243,6 @@ def train(
     bar.close()
     return history
 
-
-def make_lm_get_batch(
-    data: dict[str, torch.Tensor],
-    *,
-    batch_size: int,
-    block_size: int,
-    seed: int = 1337,
-    device: torch.device | str = "cpu",
-) -> Callable[[str, int], tuple[torch.Tensor, torch.Tensor]]:
-    """A pure ``get_batch(split, index)`` for causal LM: random windows of ``data[split]``.
-
-    The window offsets come from a fresh ``torch.Generator`` seeded from (seed, split, index) via
-    NumPy's SeedSequence (a hash that decorrelates neighbouring indices), so batch ``index`` is the
-    same on every call, in every process — the property resume needs (see the module docstring).
-    Returns (x, y), both (batch_size, block_size) int64, y = x shifted left by one token.
-    """
-    from .lm_data import random_lm_batch
-
-    for split, ids in data.items():
-        if not isinstance(ids, torch.Tensor) or ids.dim() != 1:
-            raise ValueError(f"data[{split!r}] must be a 1-D tensor of token ids; got "
-                             f"{type(ids).__name__} {getattr(ids, 'shape', '')}")
-        if ids.numel() <= block_size:
-            raise ValueError(f"data[{split!r}] has {ids.numel()} tokens; need more than block_size={block_size}")
-    split_codes = {name: i for i, name in enumerate(sorted(data))}
-
-    def get_batch(split: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if split not in data:
-            raise ValueError(f"unknown split {split!r}; expected one of {sorted(data)}")
-        seq = np.random.SeedSequence([seed, split_codes[split], index])
-        generator = torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0]))
-        return random_lm_batch(data[split], batch_size, block_size, generator, device)
-
-    return get_batch
 
 
 def causal_lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

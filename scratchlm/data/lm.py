@@ -17,10 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index: padded positions add no loss
+from ..constants import IGNORE_INDEX
 
 
 def as_id_tensor(ids: Any, name: str = "ids") -> torch.Tensor:
@@ -283,3 +284,36 @@ def hf_text_dataset(
 
     return ds.map(group_texts, batched=True, batch_size=batch_size, remove_columns=ds.column_names,
                   keep_in_memory=True, desc=f"group into blocks of {block_size}")
+
+
+def make_lm_get_batch(
+    data: dict[str, torch.Tensor],
+    *,
+    batch_size: int,
+    block_size: int,
+    seed: int = 1337,
+    device: torch.device | str = "cpu",
+) -> Callable[[str, int], tuple[torch.Tensor, torch.Tensor]]:
+    """A pure ``get_batch(split, index)`` for causal LM: random windows of ``data[split]``.
+
+    The window offsets come from a fresh ``torch.Generator`` seeded from (seed, split, index) via
+    NumPy's SeedSequence (a hash that decorrelates neighbouring indices), so batch ``index`` is the
+    same on every call, in every process — the property resume needs (see the module docstring).
+    Returns (x, y), both (batch_size, block_size) int64, y = x shifted left by one token.
+    """
+    for split, ids in data.items():
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 1:
+            raise ValueError(f"data[{split!r}] must be a 1-D tensor of token ids; got "
+                             f"{type(ids).__name__} {getattr(ids, 'shape', '')}")
+        if ids.numel() <= block_size:
+            raise ValueError(f"data[{split!r}] has {ids.numel()} tokens; need more than block_size={block_size}")
+    split_codes = {name: i for i, name in enumerate(sorted(data))}
+
+    def get_batch(split: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if split not in data:
+            raise ValueError(f"unknown split {split!r}; expected one of {sorted(data)}")
+        seq = np.random.SeedSequence([seed, split_codes[split], index])
+        generator = torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0]))
+        return random_lm_batch(data[split], batch_size, block_size, generator, device)
+
+    return get_batch

@@ -8,7 +8,7 @@ arrangements of residual connection and normalisation:
 * pre-LN  (GPT-2, Xiong et al. 2020):   ``x = x + Sublayer(LN(x))``
 
 Masks. ``mask`` arguments follow the convention of ``F.scaled_dot_product_attention`` and of
-:mod:`scratchlm.attention`: a bool tensor where **True means "may attend"**, or a float additive bias.
+:mod:`scratchlm.layers.attention`: a bool tensor where **True means "may attend"**, or a float additive bias.
 (``nn.Transformer*`` layers use the opposite bool convention: True = blocked.) ``*_key_padding_mask``
 arguments follow ``nn.MultiheadAttention``: (B, T) bool, **True marks padding** to be ignored.
 
@@ -18,115 +18,16 @@ Adapter insertion points (used in Chapter 10). Every sublayer output passes thro
 bottleneck adapters (Houlsby et al., 2019) without touching the forward code.
 """
 
+
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import _check_key_padding_mask, _check_positive_int, _check_sequence
 from .attention import MultiHeadAttention
-
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": F.relu,  # max(0, x), the original Transformer
-    "gelu": F.gelu,  # x·Φ(x) (exact, erf), BERT and nn.Transformer*'s "gelu"
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's tanh approximation
-}
-
-
-def _check_activation(activation: str) -> Callable[[Tensor], Tensor]:
-    if not isinstance(activation, str) or activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
-    return ACTIVATIONS[activation]
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-
-
-def _check_dropout(dropout: float) -> None:
-    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be a float in [0, 1); got {dropout!r}")
-
-
-def _check_sequence(name: str, x: Tensor, d_model: int) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, T, {d_model}); got {type(x).__name__}")
-    if x.dim() != 3 or x.shape[-1] != d_model:
-        raise ValueError(f"{name} must have shape (B, T, {d_model}); got {tuple(x.shape)}")
-
-
-def _check_key_padding_mask(name: str, mask: Tensor | None, x: Tensor) -> None:
-    if mask is None:
-        return
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
-        raise TypeError(f"{name} must be a bool tensor (True = padding); got {got}")
-    if tuple(mask.shape) != tuple(x.shape[:2]):
-        raise ValueError(f"{name} must have shape (B, T) = {tuple(x.shape[:2])}; got {tuple(mask.shape)}")
-
-
-class FeedForward(nn.Module):
-    """Position-wise feed-forward network, applied to every position independently.
-
-    FFN(x) = act(x W1 + b1) W2 + b2, with act = ReLU (Vaswani et al., 2017: max(0, xW1 + b1)W2 + b2)
-    or GELU. W1: (d_model, d_ff), W2: (d_ff, d_model); usually d_ff = 4·d_model.
-    Dropout sits on the hidden activations, as in ``nn.TransformerEncoderLayer``.
-    Introduced in Chapter 05.
-    """
-
-    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "relu",
-                 bias: bool = True) -> None:
-        super().__init__()
-        _check_positive_int("d_model", d_model)
-        _check_positive_int("d_ff", d_ff)
-        _check_dropout(dropout)
-        self.act = _check_activation(activation)
-        self.activation = activation
-        self.linear1 = nn.Linear(d_model, d_ff, bias=bias)  # W1, b1: expand
-        self.linear2 = nn.Linear(d_ff, d_model, bias=bias)  # W2, b2: project back
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        hidden = self.dropout(self.act(self.linear1(x)))  # (B, T, d_ff)
-        return self.linear2(hidden)  # (B, T, C)
-
-    def extra_repr(self) -> str:
-        return f"activation={self.activation!r}"
-
-
-class LayerNorm(nn.Module):
-    """Layer normalisation over the last dimension, written out (Ba et al., 2016).
-
-    y = (x − μ) / sqrt(σ² + ε) · γ + β, where μ and σ² are the mean and the *biased* variance
-    (divide by C, not C − 1) of the C features of each position; γ (``weight``) starts at 1 and
-    β (``bias``) at 0. Same parameter names as ``nn.LayerNorm`` so state dicts interchange.
-    Introduced in Chapter 05.
-    """
-
-    def __init__(self, d_model: int, eps: float = 1e-5, bias: bool = True) -> None:
-        super().__init__()
-        _check_positive_int("d_model", d_model)
-        if not isinstance(eps, (int, float)) or eps <= 0:
-            raise ValueError(f"eps must be a positive float; got {eps!r}")
-        self.d_model = d_model
-        self.eps = float(eps)
-        self.weight = nn.Parameter(torch.ones(d_model))  # γ, (C,)
-        self.bias = nn.Parameter(torch.zeros(d_model)) if bias else None  # β, (C,)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"LayerNorm expects a last dimension of {self.d_model}; got shape {tuple(x.shape)}")
-        mean = x.mean(dim=-1, keepdim=True)  # (..., 1)
-        var = x.var(dim=-1, keepdim=True, unbiased=False)  # (..., 1) biased: divide by C
-        x_hat = (x - mean) * torch.rsqrt(var + self.eps)  # (..., C) zero mean, unit variance
-        y = x_hat * self.weight  # (..., C)
-        return y + self.bias if self.bias is not None else y
-
-    def extra_repr(self) -> str:
-        return f"{self.d_model}, eps={self.eps}, bias={self.bias is not None}"
+from .feedforward import FeedForward
+from .norms import LayerNorm
 
 
 class EncoderLayer(nn.Module):

@@ -11,7 +11,7 @@ runs over the selected set ``M`` only. Next-sentence prediction pairs a sentence
 successor B (label 0, "IsNext", the Hugging Face convention) or a random sentence from another
 document (label 1, "NotNext"), 50 % each.
 
-The T5 span-corruption collator lives in :mod:`scratchlm.span_corruption` (Chapter 08).
+The T5 span-corruption collator lives in :mod:`scratchlm.data.span_corruption` (Chapter 08).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-IGNORE_INDEX = -100  # label value F.cross_entropy skips (its default ignore_index)
+from ..constants import IGNORE_INDEX
 
 
 def _check_fraction(name: str, value: float) -> None:

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .layers import ACTIVATIONS, Decoder, Encoder, LayerNorm
-from .positional import SinusoidalPositionalEncoding
+from ..layers.blocks import Decoder, Encoder
+from ..layers.feedforward import ACTIVATIONS
+from ..layers.norms import LayerNorm
+from ..layers.positional import SinusoidalPositionalEncoding
 
 
 @dataclass

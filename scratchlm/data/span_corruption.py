@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-IGNORE_INDEX = -100  # label value F.cross_entropy skips
+from ..constants import IGNORE_INDEX
 
 
 def _random_segmentation(num_items: int, num_segments: int, generator: torch.Generator | None) -> torch.Tensor:

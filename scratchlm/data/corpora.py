@@ -13,7 +13,7 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
-from .data import dataset_path, read_text
+from .registry import dataset_path, read_text
 
 T = TypeVar("T")
 

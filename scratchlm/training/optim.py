@@ -1,0 +1,84 @@
+"""Optimizer and learning-rate schedule for the training loop (introduced in Chapter 06).
+
+* :func:`lr_at`: linear warm-up, then cosine decay (nanoGPT's schedule).
+* :func:`adamw_with_decay_groups`: AdamW where matrices decay and biases / norm gains don't.
+* :func:`build_optimizer`: the model's own ``configure_optimizers`` when it has one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .loop import TrainConfig
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for (0-based) ``step``: linear warm-up, then cosine decay to ``min_lr``.
+
+    lr(s) = lr_max (s + 1) / (W + 1)                                          for s < W
+    lr(s) = lr_min + ½ (1 + cos(π (s − W) / (D − W))) (lr_max − lr_min)        for W ≤ s ≤ D
+    lr(s) = lr_min                                                             for s > D
+    with W = warmup_steps and D = lr_decay_steps (default max_steps); nanoGPT's schedule.
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0; got {step}")
+    decay_steps = cfg.lr_decay_steps if cfg.lr_decay_steps is not None else cfg.max_steps
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / (cfg.warmup_steps + 1)
+    if step > decay_steps or decay_steps <= cfg.warmup_steps:
+        return cfg.min_lr
+    ratio = (step - cfg.warmup_steps) / (decay_steps - cfg.warmup_steps)  # 0 -> 1
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
+    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+
+
+def fused_adamw_available(device: torch.device) -> bool:
+    """Whether this PyTorch has a fused AdamW kernel for ``device`` (CUDA; CPU since PyTorch 2.4)."""
+    if "fused" not in inspect.signature(torch.optim.AdamW).parameters:
+        return False
+    return device.type in ("cuda", "cpu") or (device.type == "mps" and torch.__version__ >= "2.5")
+
+
+def adamw_with_decay_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    *,
+    learning_rate: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float = 1e-8,
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
+    """AdamW with two parameter groups: matrices (weights of Linear/Embedding) decay, the rest don't.
+
+    Why: weight decay pulls parameters towards 0. For a weight matrix that is a useful prior; for a
+    bias or a LayerNorm gain it only fights the value the layer needs (a gain of 0 kills the
+    signal). nanoGPT's rule is the simple one used here: ``dim >= 2`` decays, ``dim < 2`` does not.
+    """
+    params = [(n, p) for n, p in named_parameters if p.requires_grad]
+    if not params:
+        raise ValueError("adamw_with_decay_groups got no trainable parameters")
+    decay = [p for _, p in params if p.dim() >= 2]
+    no_decay = [p for _, p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    device = params[0][1].device
+    if fused is None:
+        fused = fused_adamw_available(device)
+    kwargs = {"fused": True} if fused else {}
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, **kwargs)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The model's own ``configure_optimizers`` when it has one, else :func:`adamw_with_decay_groups`."""
+    kwargs = dict(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                  betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=cfg.fused)
+    if hasattr(model, "configure_optimizers"):
+        return model.configure_optimizers(**kwargs)
+    return adamw_with_decay_groups(model.named_parameters(), **kwargs)
