@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchlm.layers.attention import (
+from scratchlm.layers import (
+    KVCache,
     MultiHeadAttention,
     causal_mask,
     padding_mask,
@@ -212,12 +213,28 @@ def test_kv_cache_incremental_equals_full_causal_pass():
     ours, _ = _pair(True)
     x = torch.randn(2, 6, 16)
     full = ours(x, is_causal=True)[0]
-    cache, steps = None, []
+    cache, steps = KVCache(), []
     for t in range(6):
-        out, _, cache = ours(x[:, t : t + 1], is_causal=True, past_key_value=cache, use_cache=True)
+        out, _ = ours(x[:, t : t + 1], is_causal=True, cache=cache, layer_idx=0)
         steps.append(out)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, **TOL)
-    assert cache[0].shape == (2, 4, 6, 4)
+    assert cache.layers[0][0].shape == (2, 4, 6, 4) and cache.seq_length() == 6
+    with pytest.raises(ValueError, match="batch of 2 rows"):  # a cache from another batch size
+        ours(x[:1, :1], is_causal=True, cache=cache)
+
+
+def test_cross_attention_cache_projects_the_source_once():
+    ours, _ = _pair(False)
+    x, memory = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    cache = KVCache()
+    first, _ = ours(x, memory, cross=True, cache=cache, layer_idx=1)
+    assert cache.cross[1][0].shape == (2, 4, 5, 4)
+    calls = []
+    handle = ours.k_proj.register_forward_hook(lambda *a: calls.append(1))
+    again, _ = ours(x, torch.zeros_like(memory), cross=True, cache=cache, layer_idx=1)  # source ignored now
+    handle.remove()
+    assert calls == []
+    torch.testing.assert_close(again, first, **TOL)
 
 
 def test_cross_attention_with_precomputed_kv():
@@ -311,3 +328,32 @@ def test_float_bias_with_key_padding_matches_torch(impl):
     kpm_float = torch.zeros(2, 6).masked_fill(kpm, float("-inf"))  # torch wants both masks float here
     expected, _ = theirs(x, x, x, attn_mask=bias, key_padding_mask=kpm_float)
     torch.testing.assert_close(ours(x, mask=bias, key_padding_mask=kpm, impl=impl)[0], expected, **TOL)
+
+
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+@pytest.mark.parametrize("masking", ["none", "bool", "float", "dead row"])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_sdpa_and_reference_agree_on_nan_inputs(where, masking, is_causal):
+    """A NaN query spoils its row, a NaN key/value its (batch, head); fully masked rows stay 0 — on both paths."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 2, 4, 8).unbind(0)
+    {"q": q, "k": k, "v": v}[where][0, 0, 1] = float("nan")
+    mask = None
+    if masking != "none":
+        mask = torch.ones(4, 4, dtype=torch.bool)
+        mask[:, 1] = False  # the NaN position is forbidden to every query
+        if masking == "dead row":
+            mask[2] = False
+        if masking == "float":
+            mask = torch.zeros(4, 4).masked_fill(~mask, float("-inf"))
+    fast = scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, impl="sdpa")
+    ref = scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, impl="reference")
+    assert torch.equal(torch.isnan(fast), torch.isnan(ref))
+    torch.testing.assert_close(fast.nan_to_num(7.0), ref.nan_to_num(7.0), **TOL)
+    rows = torch.isnan(fast).any(-1)  # (B, H, Tq)
+    assert not rows[1].any() and not rows[0, 1].any()  # other batch rows and heads are untouched
+    expected = torch.tensor([False, True, False, False]) if where == "q" else torch.ones(4, dtype=torch.bool)
+    if masking == "dead row":
+        expected[2] = False  # a row that may attend to nothing is zero, never NaN
+        assert (fast[0, 0, 2] == 0).all()
+    assert torch.equal(rows[0, 0], expected)

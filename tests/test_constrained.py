@@ -6,6 +6,7 @@ import itertools
 import pytest
 import torch
 
+from scratchlm.decoding import generate
 from scratchlm.decoding.constrained import ItemSequenceConstraint
 from scratchlm.models.t5 import T5, T5Config
 
@@ -84,8 +85,8 @@ def test_constrained_greedy_writes_n_items_and_picks_the_best_allowed_token():
     model, src = _model_and_source()
     counts = [0, 1, 3, 4]
     constraint = ItemSequenceConstraint(FIRST, NEXT, counts, eos_id=EOS, vocab_size=V)
-    out = model.generate_greedy(src, max_new_tokens=20, allowed_tokens=constraint)  # (B, L)
-    free = model.generate_greedy(src, max_new_tokens=20)
+    out = generate(model, src, 20, greedy=True, allowed_tokens=constraint)  # (B, L)
+    free = generate(model, src, 20, greedy=True)
     assert not torch.equal(out, free)  # the random model's free output breaks the grammar; the mask acted
     for b, n in enumerate(counts):
         row = out[b].tolist()
@@ -103,9 +104,9 @@ def test_constrained_greedy_writes_n_items_and_picks_the_best_allowed_token():
 
 def test_all_true_mask_changes_nothing_and_bad_masks_are_rejected():
     model, src = _model_and_source()
-    free = model.generate_greedy(src, max_new_tokens=8)
-    everything = model.generate_greedy(src, max_new_tokens=8,
+    free = generate(model, src, 8, greedy=True)
+    everything = generate(model, src, 8, greedy=True,
                                        allowed_tokens=lambda g: torch.ones(g.shape[0], V, dtype=torch.bool))
     assert torch.equal(free, everything)
     with pytest.raises(ValueError, match="bool mask of shape"):
-        model.generate_greedy(src, max_new_tokens=3, allowed_tokens=lambda g: torch.ones(g.shape[0], V - 1))
+        generate(model, src, 3, greedy=True, allowed_tokens=lambda g: torch.ones(g.shape[0], V - 1))

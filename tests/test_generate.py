@@ -18,7 +18,7 @@ from scratchlm.models.gpt import GPT, GPTConfig
 @pytest.fixture(scope="module")
 def model() -> GPT:
     torch.manual_seed(0)
-    m = GPT(GPTConfig(block_size=24, vocab_size=40, n_layer=2, n_head=2, n_embd=32, dropout=0.1))
+    m = GPT(GPTConfig(block_size=24, vocab_size=40, n_layers=2, n_heads=2, d_model=32, dropout=0.1))
     with torch.no_grad():  # sharper, less uniform predictions than the N(0, 0.02) init
         m.transformer.wte.weight.mul_(20)
     return m
@@ -86,8 +86,9 @@ def test_stop_tokens_end_rows_and_pad_them(model):
     row0 = out[0, 3:].tolist()
     assert row0[: first[0] + 1] == free[0, 3 : 3 + first[0] + 1].tolist()
     assert all(t == 39 for t in row0[first[0] + 1 :])
+    assert out.shape == (2, 13)  # finished rows are padded to the promised width
     if not (free[1, 3:] == stop).any():  # row 1 never stops: it runs to the end
-        assert out.shape[1] == 13 and torch.equal(out[1], free[1])
+        assert torch.equal(out[1], free[1])
 
 
 def test_bad_arguments_raise(model):
@@ -106,3 +107,38 @@ def test_bad_arguments_raise(model):
         generate(model, prompt, 3, attention_mask=torch.ones(1, 3))
     with pytest.raises(ValueError, match="empty"):
         left_pad([[1], []])
+    with pytest.raises(ValueError, match="empty prompt"):
+        generate(model, prompt[:, :0], 3)
+    with pytest.raises(ValueError, match="stop_tokens"):
+        generate(model, prompt, 3, stop_tokens=[40])  # outside the vocabulary of 40
+
+
+def test_nan_probabilities_and_empty_constraints_are_clear_errors(model):
+    prompt = torch.tensor([[1, 2]])
+
+    class NaNModel(torch.nn.Module):
+        config = model.config
+
+        def forward(self, input_ids, **kwargs):
+            out = model(input_ids, **kwargs)
+            out.logits = out.logits.clone().fill_(float("nan"))
+            return out
+
+    with pytest.raises(ValueError, match="NaN"):
+        generate(NaNModel(), prompt, 3)
+    with pytest.raises(ValueError, match="NaN"):
+        generate(NaNModel(), prompt, 3, greedy=True)
+    with pytest.raises(ValueError, match="allows no token"):
+        generate(model, prompt, 3, greedy=True,
+                 allowed_tokens=lambda done: torch.zeros(1, 40, dtype=torch.bool))
+
+
+def test_constrained_greedy_picks_the_best_allowed_token(model):
+    prompt = torch.randint(0, 40, (2, 4), generator=torch.Generator().manual_seed(3))
+    allowed = torch.zeros(40, dtype=torch.bool)
+    allowed[[5, 17, 33]] = True
+    out = generate(model, prompt, 6, greedy=True, allowed_tokens=lambda done: allowed.expand(2, 40))
+    assert set(out[:, 4:].flatten().tolist()) <= {5, 17, 33}
+    logits = model(out[:, :-1]).logits[:, 3:]  # teacher forcing on its own output
+    best = logits.masked_fill(~allowed, float("-inf")).argmax(-1)
+    assert torch.equal(best, out[:, 4:])

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
+from scratchlm.decoding import generate
 from scratchlm.layers import Decoder, DecoderLayer, Encoder, EncoderLayer, FeedForward, LayerNorm
 from scratchlm.models.transformer import (
     EncoderDecoderConfig,
@@ -287,51 +288,66 @@ def test_forward_shapes_and_decoder_causality():
     torch.manual_seed(10)
     model = EncoderDecoderTransformer(_small_cfg()).eval()
     src, tgt = torch.randint(0, 13, (B, S)), torch.randint(0, 11, (B, T))
-    logits = model(src, tgt)
+    logits = model(src, decoder_input_ids=tgt).logits
     assert logits.shape == (B, T, 11)
     for t in range(T - 1):  # changing target token t+1.. never changes logits at positions <= t
         tgt2 = tgt.clone()
         tgt2[:, t + 1:] = torch.randint(0, 11, (B, T - t - 1))
-        logits2 = model(src, tgt2)
+        logits2 = model(src, decoder_input_ids=tgt2).logits
         assert_close(logits2[:, : t + 1], logits[:, : t + 1])
     tgt3 = tgt.clone()
     tgt3[:, 0] = (tgt[:, 0] + 1) % 11  # ... while changing an earlier token does change later ones
-    assert not torch.allclose(model(src, tgt3)[:, -1], logits[:, -1])
+    assert not torch.allclose(model(src, decoder_input_ids=tgt3).logits[:, -1], logits[:, -1])
+
+
+def test_labels_give_the_masked_mean_cross_entropy_and_build_the_decoder_input():
+    torch.manual_seed(14)
+    model = EncoderDecoderTransformer(_small_cfg(decoder_start_id=1)).eval()
+    src, labels = torch.randint(0, 13, (B, S)), torch.randint(2, 11, (B, T))
+    labels[1, 4:] = -100  # padding of a shorter target
+    out = model(src, labels=labels)
+    dec_in = torch.cat([torch.ones(B, 1, dtype=torch.long), labels[:, :-1].clamp(min=0)], dim=1)
+    dec_in[1, 5:] = 1  # -100 shifted in becomes the start token (only padding follows)
+    assert_close(model(src, decoder_input_ids=dec_in).logits[labels != -100], out.logits[labels != -100])
+    ref = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    assert_close(out.loss, ref)
 
 
 def test_source_padding_is_ignored():
     torch.manual_seed(11)
     model = EncoderDecoderTransformer(_small_cfg()).eval()
     src, tgt = torch.randint(0, 13, (B, S)), torch.randint(0, 11, (B, T))
-    kpm = _padding(B, S, [S, 3, 4])
-    logits = model(src, tgt, src_key_padding_mask=kpm)
-    src2 = src.masked_fill(kpm, 12)  # rewrite only the padded source positions
-    assert_close(model(src2, tgt, src_key_padding_mask=kpm), logits)
-    assert not torch.allclose(model(src2, tgt), model(src, tgt))  # without the mask they matter
+    keep = (~_padding(B, S, [S, 3, 4])).long()  # (B, S) 1 = token
+    logits = model(src, keep, decoder_input_ids=tgt).logits
+    src2 = src.masked_fill(keep == 0, 12)  # rewrite only the padded source positions
+    assert_close(model(src2, keep, decoder_input_ids=tgt).logits, logits)
+    assert not torch.allclose(model(src2, decoder_input_ids=tgt).logits, model(src, decoder_input_ids=tgt).logits)
 
 
-def test_greedy_decode_is_consistent_with_teacher_forcing():
+def test_greedy_generation_is_consistent_with_teacher_forcing_with_and_without_cache():
     torch.manual_seed(12)
-    model = EncoderDecoderTransformer(_small_cfg()).eval()
+    model = EncoderDecoderTransformer(_small_cfg(decoder_start_id=1)).eval()
     src = torch.randint(0, 13, (B, S))
-    out = model.greedy_decode(src, bos_id=1, max_new_tokens=6)
-    assert out.shape == (B, 7) and bool((out[:, 0] == 1).all())
-    logits = model(src, out[:, :-1])  # feeding its own output back must reproduce every choice
-    assert torch.equal(logits.argmax(-1), out[:, 1:])
+    out = generate(model, src, 6, greedy=True)
+    assert out.shape == (B, 6)
+    assert torch.equal(out, generate(model, src, 6, greedy=True, use_cache=False))
+    dec_in = torch.cat([torch.ones(B, 1, dtype=torch.long), out[:, :-1]], dim=1)
+    logits = model(src, decoder_input_ids=dec_in).logits  # its own output fed back reproduces every choice
+    assert torch.equal(logits.argmax(-1), out)
 
 
-def test_greedy_decode_pads_after_eos():
+def test_generation_pads_after_eos():
     torch.manual_seed(13)
-    model = EncoderDecoderTransformer(_small_cfg()).eval()
+    model = EncoderDecoderTransformer(_small_cfg(decoder_start_id=1)).eval()
     src = torch.randint(0, 13, (4, S))
-    free = model.greedy_decode(src, bos_id=1, max_new_tokens=5)
-    eos = int(free[0, 2])  # a token row 0 emits at step 2: use it as EOS
-    out = model.greedy_decode(src, bos_id=1, max_new_tokens=5, eos_id=eos)
-    assert out.shape == (4, 6)
+    free = generate(model, src, 5, greedy=True)
+    eos = int(free[0, 1])  # a token row 0 emits at step 1: use it as EOS
+    out = generate(model, src, 5, greedy=True, stop_tokens=[eos])
+    assert out.shape == (4, 5)
     for row in range(4):
-        hits = (free[row, 1:] == eos).nonzero()
+        hits = (free[row] == eos).nonzero()
         if len(hits):
-            stop = int(hits[0]) + 1  # index of the first EOS in the row
+            stop = int(hits[0])  # index of the first EOS in the row
             assert torch.equal(out[row, : stop + 1], free[row, : stop + 1])
             assert bool((out[row, stop + 1:] == 0).all())
         else:
@@ -396,20 +412,22 @@ def test_bad_shapes_and_masks_raise():
 def test_bad_model_inputs_raise():
     model = EncoderDecoderTransformer(_small_cfg())
     src, tgt = torch.randint(0, 13, (B, S)), torch.randint(0, 11, (B, T))
-    with pytest.raises(TypeError, match="integer"):
-        model(src.float(), tgt)
+    with pytest.raises(TypeError, match="int64"):
+        model(src.float(), decoder_input_ids=tgt)
     with pytest.raises(ValueError, match=r"\(B, T\)"):
-        model(src[0], tgt)
-    with pytest.raises(ValueError, match=r"tgt ids must lie in \[0, 11\)"):
-        model(src, tgt + 11)
+        model(src[0], decoder_input_ids=tgt)
     with pytest.raises(ValueError, match="max_len"):
-        model(torch.randint(0, 13, (1, 40)), tgt[:1])
-    with pytest.raises(ValueError, match="key_padding_mask"):
-        model(src, tgt, src_key_padding_mask=torch.zeros(B, S - 1, dtype=torch.bool))
+        model(torch.randint(0, 13, (1, 40)), decoder_input_ids=tgt[:1])
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(src, torch.ones(B, S - 1, dtype=torch.long), decoder_input_ids=tgt)
+    with pytest.raises(ValueError, match="decoder_start_id"):
+        model(src, labels=tgt)  # no start token configured: cannot build the decoder input
+    with pytest.raises(ValueError, match=r"decoder_input_ids must lie in \[0, 11\)"):
+        model.validate_inputs({"input_ids": src, "decoder_input_ids": tgt + 11})
     with pytest.raises(ValueError, match="max_new_tokens"):
-        model.greedy_decode(src, bos_id=1, max_new_tokens=0)
-    with pytest.raises(ValueError, match="bos_id"):
-        model.greedy_decode(src, bos_id=99, max_new_tokens=3)
+        generate(model, src, -1)
+    with pytest.raises(ValueError, match="decoder_start_id"):
+        generate(model, src, 3)
 
 
 def test_load_torch_rejects_mismatches():

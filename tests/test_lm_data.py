@@ -11,14 +11,9 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
+from scratchlm.constants import IGNORE_INDEX
+from scratchlm.data import SlidingWindowDataset, hf_text_dataset, pad_collate, pad_sequences, random_lm_batch
 from scratchlm.data.corpora import load_shakespeare
-from scratchlm.data.lm import (
-    IGNORE_INDEX,
-    SlidingWindowDataset,
-    hf_text_dataset,
-    pad_collate,
-    random_lm_batch,
-)
 from scratchlm.tokenizers import CharTokenizer
 
 
@@ -103,8 +98,8 @@ def test_pad_collate_left_padding_pairs_and_dicts():
     left = pad_collate([[1, 2, 3], [4]], pad_id=0, padding_side="left", max_length=4)
     assert left["input_ids"].tolist() == [[0, 1, 2, 3], [0, 0, 0, 4]]
     assert left["attention_mask"].tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]]
-    pairs = pad_collate([(torch.tensor([1, 2]), torch.tensor([2, 3])), ([7], [8])], pad_id=0)
-    assert pairs["labels"].tolist() == [[2, 3], [8, IGNORE_INDEX]]
+    with pytest.raises(ValueError, match="pre-shifted"):  # labels are unshifted under the model contract
+        pad_collate([(torch.tensor([1, 2]), torch.tensor([2, 3])), ([7], [8])], pad_id=0)
     dicts = pad_collate(
         [{"input_ids": [1, 2, 3], "token_type_ids": [0, 0, 1], "labels": 1}, {"input_ids": [4], "token_type_ids": [0], "labels": 0}],
         pad_id=9,
@@ -125,8 +120,22 @@ def test_pad_collate_bad_input():
         pad_collate([[1, 2, 3]], 0, max_length=2)
     with pytest.raises(ValueError, match="without 'input_ids'"):
         pad_collate([{"ids": [1]}], 0)
-    with pytest.raises(ValueError, match="x of length 2 but y of length 1"):
-        pad_collate([([1, 2], [3])], 0)
+    with pytest.raises(ValueError, match="1 labels"):
+        pad_collate([{"input_ids": [1, 2], "labels": [3]}], 0)
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, vocab_size=5\)"):
+        pad_collate([[1, 7]], 0, vocab_size=5)
+
+
+def test_pad_sequences_is_the_one_padding_primitive():
+    rows = [[1, 2, 3], [4], [5, 6]]
+    right, mask = pad_sequences(rows, 0)
+    assert torch.equal(right, pad_sequence([torch.tensor(r) for r in rows], batch_first=True))
+    assert torch.equal(mask, (right != 0).long())
+    left, lmask = pad_sequences(rows, 9, side="left", width=4)
+    assert left.tolist() == [[9, 1, 2, 3], [9, 9, 9, 4], [9, 9, 5, 6]]
+    assert torch.equal(lmask, (left != 9).long())
+    with pytest.raises(ValueError, match="width"):
+        pad_sequences(rows, 0, width=2)
     with pytest.raises(ValueError, match="present in some examples"):
         pad_collate([{"input_ids": [1], "token_type_ids": [0]}, {"input_ids": [2]}], 0)
     with pytest.raises(TypeError, match="integer dtype"):
@@ -137,12 +146,14 @@ def test_dataloader_over_windows():
     text = load_shakespeare()[:5000]
     tok = CharTokenizer(text, special_tokens=["<pad>"])
     ds = SlidingWindowDataset(tok.encode(text), 32, stride=16)
-    loader = DataLoader(ds, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0),
-                        collate_fn=functools.partial(pad_collate, pad_id=tok.pad_id))
-    batch = next(iter(loader))
-    assert batch["input_ids"].shape == (8, 32) and bool(batch["attention_mask"].all())
-    assert torch.equal(batch["input_ids"][:, 1:], batch["labels"][:, :-1])
-    assert sum(len(b["input_ids"]) for b in loader) == len(ds)
+    loader = DataLoader(ds, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+    x, y = next(iter(loader))  # equal-length windows: the default collate stacks them
+    assert x.shape == y.shape == (8, 32)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert sum(len(b[0]) for b in loader) == len(ds)
+    ids = [tok.encode(line) for line in text.splitlines() if line]  # variable-length lines need padding
+    padded = next(iter(DataLoader(ids, batch_size=8, collate_fn=functools.partial(pad_collate, pad_id=tok.pad_id))))
+    assert padded["input_ids"].shape[0] == 8 and not bool(padded["attention_mask"].all())
 
 
 def test_hf_text_dataset_from_file_and_list(tmp_path):

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scratchlm.layers.positional import (
+from scratchlm.layers import (
+    KVCache,
     LearnedPositionalEmbedding,
     RotaryEmbedding,
     RotaryMultiHeadAttention,
@@ -284,10 +285,11 @@ def test_rotary_attention_kv_cache_decoding_matches_full_pass():
     mha = RotaryMultiHeadAttention(16, 2, max_len=12)
     x = torch.randn(1, 8, 16)
     full, _ = mha(x, is_causal=True)
-    out, _, cache = mha(x[:, :5], is_causal=True, use_cache=True)  # prompt of 5 tokens
+    cache = KVCache()
+    out, _ = mha(x[:, :5], is_causal=True, cache=cache)  # prompt of 5 tokens
     steps = [out]
     for t in range(5, 8):  # then one token at a time, at positions 5, 6, 7
-        out, _, cache = mha(x[:, t : t + 1], past_key_value=cache, use_cache=True)
+        out, _ = mha(x[:, t : t + 1], cache=cache)
         steps.append(out)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
 
@@ -375,3 +377,12 @@ def test_forward_rejects_wrong_rank_width_and_dtype():
         rope.apply_rotary(torch.zeros(2, 1, 5, 8), positions=torch.zeros(3, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="either positions or offset"):
         rope.apply_rotary(torch.zeros(1, 1, 4, 8), positions=torch.arange(4), offset=1)
+
+
+def test_rotary_helpers_reject_odd_head_dimensions():
+    with pytest.raises(ValueError, match="even"):
+        rotate_half(torch.randn(2, 5))
+    with pytest.raises(ValueError, match="head dim 6"):
+        apply_rotary_emb(torch.randn(1, 1, 3, 6), torch.ones(3, 8), torch.zeros(3, 8))
+    with pytest.raises(ValueError, match="even"):
+        RotaryMultiHeadAttention(15, 3, max_len=8)  # head dim 5

@@ -3,14 +3,10 @@
 import pytest
 import torch
 
-from scratchlm.models.t5 import (
-    T5,
-    RMSNorm,
-    T5Config,
-    load_hf_t5_state_dict,
-    relative_position_bucket,
-    shift_right,
-)
+from scratchlm.decoding import generate
+from scratchlm.errors import CheckpointError
+from scratchlm.layers import RMSNorm
+from scratchlm.models.t5 import T5, T5Config, relative_position_bucket, shift_right
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.t5.modeling_t5 import T5Attention  # noqa: E402
@@ -54,7 +50,7 @@ def _hf_pair(seed=0):
             if "layer_norm" in name:
                 p.uniform_(0.5, 1.5)
     ours = T5(T5Config(**SMALL)).eval()
-    load_hf_t5_state_dict(ours, hf.state_dict())
+    ours.load_hf_state_dict(hf.state_dict())
     return hf, ours
 
 
@@ -85,9 +81,27 @@ def test_greedy_decoding_matches_transformers_generate():
     hf, ours = _hf_pair(seed=1)
     src, attn, _ = _batch(seed=2)
     ref = hf.generate(input_ids=src, attention_mask=attn, max_new_tokens=8, do_sample=False, num_beams=1)
-    out = ours.generate_greedy(src, attn, max_new_tokens=8)
-    L = min(out.shape[1], ref.shape[1] - 1)
-    assert torch.equal(out[:, :L], ref[:, 1 : L + 1])
+    for cache in (True, False):
+        out = generate(ours, src, 8, attention_mask=attn, greedy=True, use_cache=cache)
+        L = min(out.shape[1], ref.shape[1] - 1)
+        assert torch.equal(out[:, :L], ref[:, 1 : L + 1])
+
+
+def test_save_pretrained_loads_in_transformers_and_round_trips(tmp_path):
+    hf, ours = _hf_pair(seed=4)
+    ours.save_pretrained(tmp_path)
+    again = T5.from_pretrained(tmp_path)
+    src, attn, labels = _batch(seed=6)
+    with torch.no_grad():
+        reloaded = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path).eval()
+        ref = reloaded(input_ids=src, attention_mask=attn, labels=labels)
+        out = ours(src, attn, labels=labels)
+        torch.testing.assert_close(again(src, attn, labels=labels).logits, out.logits, rtol=0, atol=0)
+    keep = labels != -100
+    torch.testing.assert_close(out.logits[keep], ref.logits[keep], atol=1e-4, rtol=1e-4)
+    (tmp_path / "config.json").write_text('{"model_type": "t5", "d_model": 32}')
+    with pytest.raises(CheckpointError, match="missing fields"):
+        T5.from_pretrained(tmp_path)
 
 
 def test_decoder_is_causal():
@@ -118,7 +132,7 @@ def test_teacher_forcing_agrees_with_greedy_decoding():
     """Feeding the greedy output back with teacher forcing reproduces it: argmax of every position."""
     model = T5(T5Config(**SMALL)).eval()
     src, attn, _ = _batch(seed=3)
-    greedy = model.generate_greedy(src, attn, max_new_tokens=10)  # (B, L)
+    greedy = generate(model, src, 10, attention_mask=attn, greedy=True, stop_tokens=[])  # (B, L)
     dec = torch.cat([torch.zeros(src.shape[0], 1, dtype=torch.long), greedy[:, :-1]], dim=1)
     with torch.no_grad():
         logits = model(src, attn, decoder_input_ids=dec).logits
@@ -135,9 +149,17 @@ def test_shift_right_and_validation():
     model = T5(T5Config(**SMALL))
     with pytest.raises(TypeError, match="int64"):
         model.encode(torch.zeros(2, 3))
-    with pytest.raises(ValueError, match="vocab_size"):
-        model.encode(torch.full((1, 3), 67))
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 67\)"):
+        model.validate_inputs({"input_ids": torch.full((1, 3), 67)})
+    with pytest.raises(ValueError, match=r"decoder_input_ids must lie in \[0, 67\)"):
+        model.validate_inputs({"input_ids": torch.ones(1, 3, dtype=torch.long),
+                               "decoder_input_ids": torch.full((1, 2), -1)})
     with pytest.raises(ValueError, match="decoder_input_ids or labels"):
         model(torch.zeros(1, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="max_new_tokens"):
-        model.generate_greedy(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=0)
+        generate(model, torch.zeros(1, 3, dtype=torch.long), -1)
+    with pytest.raises(ValueError, match="a batch of 1 rows"):  # a cache from another batch size
+        cache = model(torch.ones(1, 3, dtype=torch.long), decoder_input_ids=torch.zeros(1, 1, dtype=torch.long),
+                      use_cache=True).past_key_values
+        model(torch.ones(2, 3, dtype=torch.long), decoder_input_ids=torch.zeros(2, 1, dtype=torch.long),
+              past_key_values=cache)

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from ..data.corpora import load_shakespeare
 from ..data.lm import SlidingWindowDataset, make_lm_get_batch
+from ..models.base import token_cross_entropy
 from ..models.gpt import GPT, GPTConfig
 from ..tokenizers import CharTokenizer
 from ..training import TrainConfig, causal_lm_loss, train
@@ -80,7 +81,7 @@ def full_split_loss(model: GPT, ids: torch.Tensor, block_size: int, windows_per_
     model.eval()
     total = count = 0
     for x, y in DataLoader(windows, batch_size=windows_per_batch):  # (b, T) each; y = x shifted by one
-        _, loss = model(x, targets=y)
+        loss = token_cross_entropy(model(x).logits, y)  # the pre-shifted targets: every position counts
         total += loss.item() * y.numel()
         count += y.numel()
     model.train(was_training)
@@ -103,9 +104,9 @@ def _train_and_measure(settings: Settings, args: argparse.Namespace) -> dict[str
     data, vocab = prepare_data(device)
     torch.manual_seed(args.seed)
     # bias=False and the exact (erf) GELU: nanoGPT train.py's defaults, which its CPU run uses.
-    model = GPT(GPTConfig(block_size=args.block_size, vocab_size=vocab, n_layer=args.n_layer,
-                          n_head=args.n_head, n_embd=args.n_embd, dropout=0.0, bias=False,
-                          gelu_approximate="none")).to(device)
+    model = GPT(GPTConfig(block_size=args.block_size, vocab_size=vocab, n_layers=args.n_layer,
+                          n_heads=args.n_head, d_model=args.n_embd, dropout=0.0, bias=False,
+                          activation="gelu")).to(device)
     get_batch = make_lm_get_batch(data, batch_size=args.batch_size, block_size=args.block_size,
                                   seed=args.seed, device=device)
     iters = settings.iters or args.iters

@@ -1,6 +1,7 @@
-"""Data: the dataset registry (Chapter 02), corpus readers, language-model windows and collators
-(Chapter 02), masked-LM data (Chapter 07) and span corruption (Chapter 08)."""
+"""Data: the dataset registry (Chapter 02), corpus readers, language-model windows, padding and
+collators (Chapter 02), masked-LM data (Chapter 07) and span corruption (Chapter 08)."""
 
+from .collate import check_token_ids, left_pad, pad_collate, pad_sequences, seq2seq_collate
 from .corpora import (
     CONLLU_SPLITS,
     STSB_SPLITS,
@@ -16,14 +17,7 @@ from .corpora import (
     parse_conllu,
     train_val_test_split,
 )
-from .lm import (
-    SlidingWindowDataset,
-    as_id_tensor,
-    hf_text_dataset,
-    make_lm_get_batch,
-    pad_collate,
-    random_lm_batch,
-)
+from .lm import SlidingWindowDataset, as_id_tensor, hf_text_dataset, make_lm_get_batch, random_lm_batch
 from .mlm import MLMCollator, NSPExample, build_nsp_pairs, encode_pair, mask_tokens
 from .registry import (
     REGISTRY,
@@ -40,7 +34,6 @@ from .span_corruption import (
     corrupt_spans,
     random_spans_noise_mask,
     reconstruct_from_spans,
-    seq2seq_collate,
 )
 
 __all__ = [
@@ -59,12 +52,14 @@ __all__ = [
     "as_id_tensor",
     "build_nsp_pairs",
     "cache_dir",
+    "check_token_ids",
     "corrupt_spans",
     "dataset_info",
     "dataset_path",
     "download",
     "encode_pair",
     "hf_text_dataset",
+    "left_pad",
     "load_conllu",
     "load_conllu_texts",
     "load_shakespeare",
@@ -74,6 +69,7 @@ __all__ = [
     "mask_tokens",
     "minilm_files",
     "pad_collate",
+    "pad_sequences",
     "parse_conllu",
     "random_lm_batch",
     "random_spans_noise_mask",

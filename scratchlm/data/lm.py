@@ -2,8 +2,8 @@
 
 * :class:`SlidingWindowDataset` cuts one long id stream into (x, y) windows, y shifted by one.
 * :func:`random_lm_batch` samples nanoGPT-style random windows (reproducible with a Generator).
-* :func:`pad_collate` pads variable-length examples into a batch with an attention mask and
-  ``-100`` labels at padding (the ``ignore_index`` of ``F.cross_entropy``).
+* :func:`~scratchlm.data.collate.pad_collate` (in :mod:`scratchlm.data.collate`) pads variable-length
+  examples into a batch.
 * :func:`hf_text_dataset` is the same idea as a 🤗 ``datasets`` pipeline over local text.
 
 Language modelling needs, for every position t, the next token as target:
@@ -13,15 +13,13 @@ Language modelling needs, for every position t, the next token as target:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-
-from ..constants import IGNORE_INDEX
 
 
 def as_id_tensor(ids: Any, name: str = "ids") -> torch.Tensor:
@@ -113,105 +111,6 @@ def random_lm_batch(
             return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
         x, y = x.to(device), y.to(device)
     return x, y
-
-
-def _as_row(value: Any, name: str) -> torch.Tensor:
-    try:
-        return as_id_tensor(value, name)
-    except (TypeError, ValueError) as err:
-        raise type(err)(f"pad_collate: {err}") from None
-
-
-def pad_collate(
-    batch: Sequence[Any],
-    pad_id: int,
-    *,
-    padding_side: str = "right",
-    max_length: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """Pad a list of examples to one (B, T) batch, T = the longest example (or ``max_length``).
-
-    Each example is one of
-
-    * a sequence of ids (list or 1-D tensor): ``labels`` are the ids themselves (the Hugging Face
-      convention: the causal-LM loss shifts them inside the model);
-    * an ``(x, y)`` pair of equal-length sequences (e.g. from :class:`SlidingWindowDataset`):
-      ``labels = y``, already shifted;
-    * a dict with ``input_ids`` and optionally ``labels`` (a sequence, padded with -100, or a scalar
-      class label, stacked) and other per-token fields such as ``token_type_ids`` (padded with 0).
-
-    Returns ``input_ids`` (padded with ``pad_id``), ``attention_mask`` (1 = real token, 0 = pad) and
-    ``labels`` (``-100`` at padding, so ``F.cross_entropy`` ignores those positions).
-    """
-    if isinstance(batch, (str, bytes, Mapping)) or not isinstance(batch, Sequence) or len(batch) == 0:
-        raise ValueError(f"pad_collate expects a non-empty list of examples; got {type(batch).__name__}")
-    if not isinstance(pad_id, int) or isinstance(pad_id, bool):
-        raise TypeError(f"pad_id must be an int (e.g. tokenizer.pad_id); got {type(pad_id).__name__} {pad_id!r}")
-    if padding_side not in ("right", "left"):
-        raise ValueError(f"padding_side must be 'right' or 'left'; got {padding_side!r}")
-
-    rows: list[dict[str, Any]] = []
-    for k, example in enumerate(batch):
-        if isinstance(example, Mapping):
-            if "input_ids" not in example:
-                raise ValueError(f"pad_collate: example {k} is a dict without 'input_ids' (keys: {sorted(example)})")
-            row = dict(example)
-            row["input_ids"] = _as_row(example["input_ids"], f"example {k} input_ids")
-            row.setdefault("labels", row["input_ids"])
-        elif isinstance(example, tuple) and len(example) == 2 and not isinstance(example[0], int):
-            x, y = _as_row(example[0], f"example {k} x"), _as_row(example[1], f"example {k} y")
-            if x.shape != y.shape:
-                raise ValueError(f"pad_collate: example {k} has x of length {len(x)} but y of length {len(y)}")
-            row = {"input_ids": x, "labels": y}
-        else:
-            ids = _as_row(example, f"example {k}")
-            row = {"input_ids": ids, "labels": ids}
-        rows.append(row)
-
-    lengths = [len(r["input_ids"]) for r in rows]
-    width = max(lengths)
-    if max_length is not None:
-        _check_positive_int(max_length, "max_length")
-        if width > max_length:
-            raise ValueError(f"an example has {width} tokens, more than max_length={max_length}; truncate first")
-        width = max_length
-    B = len(rows)
-    keys = list(dict.fromkeys(key for r in rows for key in r))
-    for key in keys:
-        if any(key not in r for r in rows):
-            raise ValueError(f"pad_collate: field {key!r} is present in some examples but not all")
-
-    out: dict[str, torch.Tensor] = {}
-    for key in keys:
-        values = [r[key] for r in rows]
-        is_scalar = [not isinstance(v, (list, tuple, torch.Tensor)) or (isinstance(v, torch.Tensor) and v.ndim == 0)
-                     for v in values]
-        if all(is_scalar):  # e.g. a class label per example
-            out[key] = torch.as_tensor([v.item() if isinstance(v, torch.Tensor) else v for v in values])  # (B,)
-            continue
-        if key == "attention_mask":
-            continue  # rebuilt below from the lengths
-        fill = pad_id if key == "input_ids" else IGNORE_INDEX if key == "labels" else 0
-        padded = torch.full((B, width), fill, dtype=torch.long)  # (B, T)
-        for i, v in enumerate(values):
-            row = _as_row(v, f"example {i} {key}")  # (T_i,)
-            if len(row) != lengths[i]:
-                raise ValueError(
-                    f"pad_collate: example {i} has {lengths[i]} input_ids but {len(row)} {key}"
-                )
-            if padding_side == "right":
-                padded[i, : len(row)] = row
-            else:
-                padded[i, width - len(row) :] = row
-        out[key] = padded
-    mask = torch.zeros(B, width, dtype=torch.long)  # (B, T)
-    for i, n in enumerate(lengths):
-        if padding_side == "right":
-            mask[i, :n] = 1
-        else:
-            mask[i, width - n :] = 1
-    out["attention_mask"] = mask
-    return out
 
 
 def hf_text_dataset(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..constants import IGNORE_INDEX
+from .collate import pad_sequences
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -210,14 +211,8 @@ class MLMCollator:
                 raise TypeError(f"MLMCollator expects lists of token ids or NSPExample; got {type(ex).__name__}")
             rows.append(ids)
             types.append(tt)
-        T = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)  # (B, T)
-        token_type_ids = torch.zeros((len(rows), T), dtype=torch.long)  # (B, T)
-        attention_mask = torch.zeros((len(rows), T), dtype=torch.long)  # (B, T)
-        for i, (ids, tt) in enumerate(zip(rows, types, strict=True)):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            token_type_ids[i, : len(tt)] = torch.tensor(tt)
-            attention_mask[i, : len(ids)] = 1
+        input_ids, attention_mask = pad_sequences(rows, self.pad_id)  # (B, T) each
+        token_type_ids, _ = pad_sequences(types, 0)  # (B, T)
         masked, labels = mask_tokens(
             input_ids, mask_id=self.mask_id, vocab_size=self.vocab_size, special_ids=self.special_ids,
             attention_mask=attention_mask, mlm_probability=self.mlm_probability,

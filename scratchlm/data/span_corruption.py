@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..constants import IGNORE_INDEX
+from .collate import seq2seq_collate
 
 
 def _random_segmentation(num_items: int, num_segments: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -113,38 +113,6 @@ def reconstruct_from_spans(inputs: Sequence[int], targets: Sequence[int], sentin
         else:
             out.append(int(tok))
     return out
-
-
-def seq2seq_collate(
-    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-    *,
-    pad_id: int,
-    decoder_start_id: int,
-) -> dict[str, torch.Tensor]:
-    """Pad ``(source, target)`` pairs into a teacher-forcing batch.
-
-    Returns ``input_ids`` / ``attention_mask`` (B, S), ``labels`` (B, T) with ``-100`` at padding,
-    and ``decoder_input_ids`` (B, T) = labels shifted right with ``decoder_start_id`` in front.
-    """
-    if len(pairs) == 0:
-        raise ValueError("seq2seq_collate got an empty batch")
-    S = max(len(s) for s, _ in pairs)
-    T = max(len(t) for _, t in pairs)
-    B = len(pairs)
-    input_ids = torch.full((B, S), pad_id, dtype=torch.long)  # (B, S)
-    attention_mask = torch.zeros((B, S), dtype=torch.long)  # (B, S)
-    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)  # (B, T)
-    decoder_input_ids = torch.full((B, T), pad_id, dtype=torch.long)  # (B, T)
-    for i, (src, tgt) in enumerate(pairs):
-        if len(src) == 0 or len(tgt) == 0:
-            raise ValueError(f"pair {i} has an empty source or target")
-        input_ids[i, : len(src)] = torch.tensor(list(src))
-        attention_mask[i, : len(src)] = 1
-        labels[i, : len(tgt)] = torch.tensor(list(tgt))
-        decoder_input_ids[i, 0] = decoder_start_id
-        decoder_input_ids[i, 1 : len(tgt)] = torch.tensor(list(tgt[:-1]))
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-            "decoder_input_ids": decoder_input_ids}
 
 
 @dataclass

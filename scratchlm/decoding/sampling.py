@@ -1,7 +1,7 @@
-"""Decoding for decoder-only language models: greedy, temperature, top-k, top-p, KV cache, batches.
+"""Decoding for every model of the book: greedy, temperature, top-k, top-p, KV cache, batches, constraints.
 
-Introduced in Chapter 06 (used again in Chapters 11 and 13). Each step turns the last position's
-logits z into a distribution and picks a token:
+Introduced in Chapter 06 (used again in Chapters 05, 08, 11 and 13). Each step turns the last
+position's logits z into a distribution and picks a token:
 
     greedy        w = argmax_j z_j
     temperature   p_j = softmax(z / τ)_j       τ < 1 sharpens, τ > 1 flattens
@@ -10,14 +10,23 @@ logits z into a distribution and picks a token:
 
 With a KV cache each step feeds only the newest token and reuses the keys and values of all
 earlier positions, so a step costs O(T) attention instead of recomputing the whole O(T²) prefix.
+
+One :func:`generate` serves decoder-only models (GPT: the prompt is continued, the result is prompt +
+continuation) and encoder-decoders (T5, the Chapter 05 Transformer: the source is encoded once and
+the decoder writes a target from its start token; the result is the target without the start token),
+the same convention as Hugging Face's ``generate``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
+
+from ..data.collate import left_pad
+
+__all__ = ["generate", "left_pad", "next_token_distribution", "top_k_filter", "top_p_filter"]
 
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
@@ -58,41 +67,68 @@ def next_token_distribution(logits: Tensor, *, temperature: float = 1.0, top_k: 
     return torch.softmax(logits, dim=-1)  # (B, V)
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
-    """Batch prompts of different lengths: (ids (B, T), attention_mask (B, T)), padding on the LEFT.
-
-    Why left: generation appends at the right end, so every row's newest token must sit in the
-    last column; the mask tells attention to ignore the padding and positions to skip it.
-    """
-    if not sequences or any(len(s) == 0 for s in sequences):
-        raise ValueError("left_pad needs at least one prompt and no empty prompt")
-    T = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), T), pad_id, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(sequences), T), dtype=torch.long)  # (B, T)
-    for row, seq in enumerate(sequences):
-        ids[row, T - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
-        mask[row, T - len(seq):] = 1
-    return ids, mask
+def _check_finite(probs: Tensor, step: int) -> None:
+    """Sampling from NaN/inf probabilities is undefined: say so instead of sampling garbage."""
+    bad = ~torch.isfinite(probs).all(dim=-1)  # (B,)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()[:5].tolist()
+        raise ValueError(f"step {step}: the next-token probabilities of rows {rows} contain NaN or inf "
+                         "(NaN logits from the model, or every token filtered out)")
 
 
-def _logits(model: nn.Module, idx: Tensor, mask: Tensor | None, past, use_cache: bool):
-    """Last-position logits (B, V) and the new cache, from a GPT-like ``run`` or a plain forward."""
-    if hasattr(model, "run"):
-        out = model.run(idx, attention_mask=mask, past_key_values=past, use_cache=use_cache)
-        return out.logits[:, -1, :], out.past_key_values  # (B, V)
-    if mask is not None and not bool(mask.all()):
-        raise ValueError("padded batches need a model with a run(..., attention_mask=...) method")
-    out = model(idx)
-    logits = out[0] if isinstance(out, tuple) else out  # (B, T, V)
-    return logits[:, -1, :], None
+class _DecoderOnly:
+    """Generation state of a GPT-like model: feed the prompt once, then one token per step."""
+
+    def __init__(self, model: nn.Module, input_ids: Tensor, mask: Tensor | None, use_cache: bool) -> None:
+        self.model, self.use_cache, self.mask = model, use_cache, mask
+        self.block_size = getattr(model.config, "block_size", None)
+        self.ids, self.cache = input_ids, None
+
+    def logits(self) -> Tensor:
+        too_long = self.block_size is not None and self.ids.shape[1] > self.block_size
+        if self.cache is not None and not too_long:  # feed only the newest token
+            out = self.model(self.ids[:, -1:], attention_mask=self.mask, past_key_values=self.cache, use_cache=True)
+        else:  # the whole (cropped) context; learned positions shift when the window slides: no cache
+            ctx = self.ids[:, -self.block_size:] if too_long else self.ids  # (B, <= block_size)
+            mask = None if self.mask is None else self.mask[:, -ctx.shape[1]:]
+            out = self.model(ctx, attention_mask=mask, use_cache=self.use_cache and not too_long)
+        self.cache = out.past_key_values if self.use_cache and not too_long else None
+        return out.logits[:, -1, :]  # (B, V)
+
+    def append(self, token: Tensor) -> None:
+        self.ids = torch.cat([self.ids, token[:, None]], dim=1)  # (B, T + 1)
+        if self.mask is not None:
+            self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)  # (B, T + 1)
+
+
+class _EncoderDecoder:
+    """Generation state of a T5-like model: encode the source once, then decode from the start token."""
+
+    def __init__(self, model: nn.Module, input_ids: Tensor, mask: Tensor | None, use_cache: bool,
+                 start_id: int) -> None:
+        self.model, self.use_cache, self.mask = model, use_cache, mask
+        self.memory = model.encode(input_ids, mask)  # (B, S, C): the source is read once
+        self.ids = torch.full((input_ids.shape[0], 1), start_id, dtype=torch.long, device=input_ids.device)
+        self.cache = None
+
+    def logits(self) -> Tensor:
+        new = self.ids[:, -1:] if self.cache is not None else self.ids  # (B, 1) or the whole prefix
+        out = self.model(attention_mask=self.mask, decoder_input_ids=new, encoder_outputs=self.memory,
+                         past_key_values=self.cache, use_cache=self.use_cache)
+        self.cache = out.past_key_values if self.use_cache else None
+        return out.logits[:, -1, :]  # (B, V)
+
+    def append(self, token: Tensor) -> None:
+        self.ids = torch.cat([self.ids, token[:, None]], dim=1)  # (B, t + 1)
 
 
 @torch.no_grad()
 def generate(
     model: nn.Module,
-    idx: Tensor,
+    input_ids: Tensor,
     max_new_tokens: int,
     *,
+    attention_mask: Tensor | None = None,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -100,62 +136,102 @@ def generate(
     stop_tokens: Iterable[int] | None = None,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
-    attention_mask: Tensor | None = None,
-    pad_id: int = 0,
+    pad_id: int | None = None,
+    allowed_tokens: Callable[[Tensor], Tensor] | None = None,
+    decoder_start_id: int | None = None,
 ) -> Tensor:
-    """Extend ``idx`` (B, T) by up to ``max_new_tokens`` tokens; returns (B, T + n_generated).
+    """Generate up to ``max_new_tokens`` tokens for each row of ``input_ids`` (B, T).
+
+    Returns (B, T + max_new_tokens) — prompt + continuation — for a decoder-only model, and
+    (B, max_new_tokens) — the target without its start token — for an encoder-decoder
+    (``model.config.is_encoder_decoder``). Rows that emitted a stop token are finished: their later
+    columns hold ``pad_id``; when every row has finished the loop stops and the rest is padding.
 
     Args:
+        attention_mask: (B, T) 1/0 for padded inputs (left padding for decoder-only prompts, see
+            :func:`left_pad`).
         greedy: argmax instead of sampling (temperature, top_k, top_p are then ignored).
-        stop_tokens: a row that emits one of these is finished (the stop token is kept); later
-            columns of a finished row hold ``pad_id``; the loop ends when every row has finished.
-        use_cache: reuse keys/values (needs the model's ``run``); identical tokens to use_cache=False.
+        stop_tokens: ids that finish a row (kept in the output); encoder-decoders default to
+            ``config.eos_id``.
+        use_cache: reuse keys/values; gives tokens identical to ``use_cache=False``.
         generator: a torch.Generator for reproducible sampling.
-        attention_mask: (B, T) 1/0 for left-padded prompts (see :func:`left_pad`).
-    The context is cropped to the model's ``config.block_size`` (the cache is then dropped, since
-    learned absolute positions shift when the window slides). The model runs in eval mode.
+        pad_id: filler after a finished row (default: ``config.pad_id`` or 0).
+        allowed_tokens: constrained decoding (Chapter 08): maps the tokens generated so far (B, t)
+            to a (B, V) bool mask of the tokens each row may write next.
+        decoder_start_id: first decoder token of an encoder-decoder (default: the config's).
+    The context of a decoder-only model is cropped to ``config.block_size``. The model runs in eval mode.
     """
-    if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
-        raise ValueError(f"idx must be an int64 tensor of shape (B, T); got "
-                         f"{getattr(idx, 'dtype', type(idx).__name__)} {tuple(getattr(idx, 'shape', ()))}")
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
+        raise ValueError(f"input_ids must be an int64 tensor of shape (B, T); got "
+                         f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} "
+                         f"{tuple(getattr(input_ids, 'shape', ()))}")
+    if input_ids.shape[1] == 0:
+        raise ValueError("input_ids is an empty prompt (shape (B, 0)): give at least one token per row")
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0; got {max_new_tokens!r}")
-    if attention_mask is not None and attention_mask.shape != idx.shape:
-        raise ValueError(f"attention_mask must have the shape of idx {tuple(idx.shape)}; "
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}; "
                          f"got {tuple(attention_mask.shape)}")
     if not greedy:  # validate once, before any model call
         next_token_distribution(torch.zeros(1, 2), temperature=temperature, top_k=top_k, top_p=top_p)
-    stops = torch.tensor(sorted(set(stop_tokens or ())), dtype=torch.long, device=idx.device)
-    block_size = getattr(getattr(model, "config", None), "block_size", None)
-    use_cache = use_cache and hasattr(model, "run")
+    config = getattr(model, "config", None)
+    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    vocab = getattr(config, "vocab_size", None) or getattr(config, "tgt_vocab_size", None)
+    if stop_tokens is None and encoder_decoder and getattr(config, "eos_id", None) is not None:
+        stop_tokens = [config.eos_id]
+    stops = sorted({int(t) for t in (stop_tokens or ())})
+    if vocab is not None and any(not 0 <= t < vocab for t in stops):
+        raise ValueError(f"stop_tokens must be token ids in [0, {vocab}); got {stops}")
+    pad = pad_id if pad_id is not None else getattr(config, "pad_id", 0) or 0
+    stop_t = torch.tensor(stops, dtype=torch.long, device=input_ids.device)
 
     was_training = model.training
     model.eval()
     mask = attention_mask.long() if attention_mask is not None else None
-    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)  # (B,)
-    past = None
+    if encoder_decoder:
+        start = decoder_start_id if decoder_start_id is not None else getattr(config, "decoder_start_id", None)
+        if start is None:
+            raise ValueError("this encoder-decoder needs decoder_start_id (the first decoder token)")
+        state = _EncoderDecoder(model, input_ids, mask, use_cache, start)
+    else:
+        state = _DecoderOnly(model, input_ids, mask, use_cache)
+    B = input_ids.shape[0]
+    finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)  # (B,)
+    new_tokens: list[Tensor] = []
     try:
-        for _ in range(max_new_tokens):
-            too_long = block_size is not None and idx.shape[1] > block_size
-            if past is not None and not too_long:  # feed only the newest token
-                logits, past = _logits(model, idx[:, -1:], mask, past, use_cache=True)
-            else:
-                ctx = idx[:, -block_size:] if too_long else idx  # (B, <= block_size)
-                ctx_mask = None if mask is None else mask[:, -ctx.shape[1]:]
-                logits, past = _logits(model, ctx, ctx_mask, None, use_cache=use_cache and not too_long)
+        for step in range(max_new_tokens):
+            logits = state.logits()  # (B, V)
+            if allowed_tokens is not None:
+                generated = torch.stack(new_tokens, 1) if new_tokens else input_ids.new_zeros((B, 0))  # (B, t)
+                allowed = allowed_tokens(generated)  # (B, V) bool
+                if allowed.shape != logits.shape or allowed.dtype != torch.bool:
+                    raise ValueError(f"allowed_tokens must return a bool mask of shape {tuple(logits.shape)}; "
+                                     f"got {allowed.dtype} {tuple(allowed.shape)}")
+                empty = ~allowed.any(dim=-1) & ~finished  # (B,)
+                if bool(empty.any()):
+                    raise ValueError(f"step {step}: the constraint allows no token for rows "
+                                     f"{empty.nonzero().flatten()[:5].tolist()}")
+                logits = logits.masked_fill(~allowed, float("-inf"))  # (B, V)
             if greedy:
+                nan_rows = torch.isnan(logits).any(dim=-1)  # (B,)
+                if bool(nan_rows.any()):
+                    raise ValueError(f"step {step}: the logits of rows {nan_rows.nonzero().flatten()[:5].tolist()} "
+                                     "contain NaN")
                 nxt = logits.argmax(dim=-1)  # (B,)
             else:
                 probs = next_token_distribution(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+                _check_finite(probs, step)
                 nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
-            nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)  # (B,)
-            idx = torch.cat([idx, nxt[:, None]], dim=1)  # (B, T + 1)
-            if mask is not None:
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, T + 1)
-            if stops.numel():
-                finished |= torch.isin(nxt, stops)
+            nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)  # (B,)
+            new_tokens.append(nxt)
+            state.append(nxt)
+            if stop_t.numel():
+                finished |= torch.isin(nxt, stop_t)
                 if bool(finished.all()):
                     break
     finally:
         model.train(was_training)
-    return idx
+    out = torch.stack(new_tokens, dim=1) if new_tokens else input_ids.new_zeros((B, 0))  # (B, n)
+    if out.shape[1] < max_new_tokens:  # everyone finished early: pad to the promised width
+        out = torch.cat([out, out.new_full((B, max_new_tokens - out.shape[1]), pad)], dim=1)
+    return out if encoder_decoder else torch.cat([input_ids, out], dim=1)  # (B, n) or (B, T + n)

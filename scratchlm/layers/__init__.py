@@ -1,21 +1,15 @@
 """Building blocks of a Transformer: attention (Chapter 03), positions (Chapter 04), norms,
-feed-forward and blocks (Chapter 05)."""
+feed-forward and blocks (Chapter 05), the KV cache (Chapter 06)."""
 
-from .attention import (
-    IMPLS,
-    KeyValue,
-    MultiHeadAttention,
-    causal_mask,
-    padding_mask,
-    scaled_dot_product_attention,
-)
-from .blocks import Decoder, DecoderLayer, Encoder, EncoderLayer
+from .attention import IMPLS, causal_mask, padding_mask, scaled_dot_product_attention
+from .blocks import Decoder, DecoderLayer, Encoder, EncoderLayer, StackOutput
 from .feedforward import ACTIVATIONS, FeedForward
-from .norms import LayerNorm, RMSNorm
+from .kv_cache import KVCache
+from .multihead import KeyValue, MultiHeadAttention, RotaryMultiHeadAttention
+from .norms import NORMS, LayerNorm, RMSNorm, make_norm
 from .positional import (
     LearnedPositionalEmbedding,
     RotaryEmbedding,
-    RotaryMultiHeadAttention,
     SinusoidalPositionalEncoding,
     apply_rotary_emb,
     rotate_half,
@@ -30,7 +24,9 @@ __all__ = [
     "Encoder",
     "EncoderLayer",
     "FeedForward",
+    "KVCache",
     "KeyValue",
+    "NORMS",
     "LayerNorm",
     "LearnedPositionalEmbedding",
     "MultiHeadAttention",
@@ -38,8 +34,10 @@ __all__ = [
     "RotaryEmbedding",
     "RotaryMultiHeadAttention",
     "SinusoidalPositionalEncoding",
+    "StackOutput",
     "apply_rotary_emb",
     "causal_mask",
+    "make_norm",
     "padding_mask",
     "rotate_half",
     "scaled_dot_product_attention",

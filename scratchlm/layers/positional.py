@@ -19,12 +19,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .attention import MultiHeadAttention
-
 __all__ = [
     "LearnedPositionalEmbedding",
     "RotaryEmbedding",
-    "RotaryMultiHeadAttention",
     "SinusoidalPositionalEncoding",
     "apply_rotary_emb",
     "rotate_half",
@@ -211,6 +208,9 @@ def rotate_half(x: Tensor) -> Tensor:
     Pairs coordinate ``j`` with ``j + d/2``; multiplying by ``sin`` and adding ``x · cos`` rotates every
     such pair. Introduced in Chapter 04.
     """
+    if x.shape[-1] % 2:
+        raise ValueError(f"rotate_half needs an even last dimension (coordinates come in pairs); got shape "
+                         f"{tuple(x.shape)}")
     x1, x2 = x.chunk(2, dim=-1)  # (..., d/2) each
     return torch.cat((-x2, x1), dim=-1)  # (..., d)
 
@@ -222,6 +222,9 @@ def apply_rotary_emb(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     (B, H, T, d)). This is the formula of Hugging Face's ``apply_rotary_pos_emb``. Introduced in
     Chapter 04.
     """
+    if x.shape[-1] != cos.shape[-1] or x.shape[-1] != sin.shape[-1]:
+        raise ValueError(f"apply_rotary_emb: x has head dim {x.shape[-1]} but the tables have "
+                         f"{cos.shape[-1]} and {sin.shape[-1]}")
     return x * cos + rotate_half(x) * sin  # (B, H, T, d)
 
 
@@ -329,39 +332,3 @@ class RotaryEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_len={self.max_len}, base={self.base:g}"
-
-
-class RotaryMultiHeadAttention(MultiHeadAttention):
-    """Self-attention with RoPE: Chapter 03's :class:`MultiHeadAttention`, queries and keys rotated.
-
-    RoPE touches nothing but the attention scores: after the usual projections, the query and key
-    heads are rotated to their positions; values, the output projection and the residual stream are
-    unchanged. So this class only overrides the two projection hooks. Keys are rotated *before* they
-    are returned (and cached), so with ``past_key_value`` (KV-cache decoding) the new tokens start at
-    position ``past length``. Self-attention only. Introduced in Chapter 04.
-    """
-
-    def __init__(self, d_model: int, n_heads: int, max_len: int, *, base: float = 10000.0, **kwargs) -> None:
-        super().__init__(d_model, n_heads, **kwargs)
-        self.rotary = RotaryEmbedding(self.head_dim, max_len, base=base)
-        self._offset = 0  # position of the first token of the current call (set by forward)
-
-    def project_q(self, query: Tensor) -> Tensor:
-        q = super().project_q(query)  # (B, H, Tq, d_head)
-        return self.rotary.apply_rotary(q, offset=self._offset)  # (B, H, Tq, d_head)
-
-    def project_kv(self, key: Tensor, value: Tensor | None = None):
-        k, v = super().project_kv(key, value)  # (B, H, Tk, d_head) each
-        return self.rotary.apply_rotary(k, offset=self._offset), v  # keys rotated, values not
-
-    def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None, **kwargs):
-        if key is not None or value is not None or kwargs.get("kv") is not None:
-            raise ValueError(
-                "RotaryMultiHeadAttention is self-attention only: pass query alone (no key/value/kv)"
-            )
-        past = kwargs.get("past_key_value")
-        self._offset = 0 if past is None else int(past[0].shape[2])  # cached keys are positions 0..offset-1
-        try:
-            return super().forward(query, **kwargs)
-        finally:
-            self._offset = 0

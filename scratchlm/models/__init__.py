@@ -1,8 +1,11 @@
 """The book's models, one file per model: ``transformer`` (the Chapter 05 encoder-decoder),
-``gpt`` (Chapter 06), ``bert`` (Chapter 07), ``t5`` (Chapter 08)."""
+``gpt`` (Chapter 06), ``bert`` (Chapter 07), ``t5`` (Chapter 08). All follow one contract
+(:mod:`~scratchlm.models.outputs`, :class:`~scratchlm.models.base.PreTrainedModel`)."""
 
-from .bert import BertConfig, BertForPreTraining, BertModel
+from .base import PreTrainedModel, shift_right, token_cross_entropy
+from .bert import BertConfig, BertForPreTraining, BertModel, BertPreTrainingOutput
 from .gpt import GPT, GPTConfig
+from .outputs import ModelOutput
 from .t5 import T5, T5Config
 from .transformer import EncoderDecoderConfig, EncoderDecoderTransformer
 
@@ -12,8 +15,13 @@ __all__ = [
     "BertConfig",
     "BertForPreTraining",
     "BertModel",
+    "BertPreTrainingOutput",
     "EncoderDecoderConfig",
     "EncoderDecoderTransformer",
     "GPTConfig",
+    "ModelOutput",
+    "PreTrainedModel",
     "T5Config",
+    "shift_right",
+    "token_cross_entropy",
 ]

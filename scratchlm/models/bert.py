@@ -11,7 +11,7 @@ Introduced in Chapter 07 (pretraining); Chapter 09 loads real Hugging Face weigh
     L = L_MLM + L_NSP,  L_MLM = mean over masked positions of -log p(x_i | x̃),
                         L_NSP = -log p(IsNext/NotNext | pooled)                         (Devlin et al., 2019)
 
-Design: the transformer layers *are* Chapter 05's :class:`scratchlm.layers.EncoderLayer` (post-LN,
+Design: the transformer layers *are* Chapter 05's :class:`~scratchlm.layers.EncoderLayer` (post-LN,
 ``activation="gelu"``) — no second implementation of attention or of the block. Everything above
 the layers carries the Hugging Face names (``embeddings.word_embeddings``, ``pooler.dense``,
 ``cls.predictions.transform.dense``, ...); inside a layer the names are Chapter 05's
@@ -19,69 +19,78 @@ the layers carries the Hugging Face names (``embeddings.word_embeddings``, ``poo
 translates ``attention.self.query`` & co. Why this over HF-named wrapper modules: wrappers would
 need their own forward (a second copy of the block that Chapter 05 tests against
 ``nn.TransformerEncoderLayer``), while a name map is data, is shown in the chapter, and keeps the
-adapter slots Chapter 10 plugs into. Differences from HF that vanish in eval mode: the FFN applies
-dropout to its hidden units (as ``nn.TransformerEncoderLayer`` does); HF BERT does not.
+adapter hook points Chapter 10 plugs into. Differences from HF that vanish in eval mode: none in
+the layout; HF BERT has no dropout on the FFN hidden units and neither have we.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..constants import IGNORE_INDEX
-from ..layers.blocks import EncoderLayer
-from ..layers.feedforward import ACTIVATIONS
-from ..layers.norms import LayerNorm
-from ..layers.positional import LearnedPositionalEmbedding
+from ..errors import CheckpointError
+from ..layers import ACTIVATIONS, Encoder, LayerNorm
+from .base import PreTrainedModel, build_config, check_ids_tensor, check_same_shape, token_cross_entropy
+from .outputs import ModelOutput
+
+# Our field name -> Hugging Face BertConfig / config.json field name.
+HF_CONFIG_NAMES = {
+    "vocab_size": "vocab_size", "d_model": "hidden_size", "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads", "d_ff": "intermediate_size", "activation": "hidden_act",
+    "dropout": "hidden_dropout_prob", "attention_dropout": "attention_probs_dropout_prob",
+    "max_positions": "max_position_embeddings", "type_vocab_size": "type_vocab_size",
+    "norm_eps": "layer_norm_eps", "initializer_range": "initializer_range", "pad_id": "pad_token_id",
+}
 
 
 @dataclass
 class BertConfig:
-    """BERT sizes. Field names are those of Hugging Face's ``BertConfig`` / ``config.json``."""
+    """BERT sizes; ``BertConfig.from_hf`` reads a Hugging Face ``config.json`` (see HF_CONFIG_NAMES)."""
 
     vocab_size: int = 30522  # V: WordPiece vocabulary size
-    hidden_size: int = 768  # C: width of the residual stream
-    num_hidden_layers: int = 12  # N: encoder layers
-    num_attention_heads: int = 12  # H: heads per layer; must divide hidden_size
-    intermediate_size: int = 3072  # FFN hidden width (4·C)
-    hidden_act: str = "gelu"  # FFN and MLM-transform non-linearity (exact erf GELU)
-    hidden_dropout_prob: float = 0.1  # dropout on embeddings and sublayer outputs
-    attention_probs_dropout_prob: float = 0.1  # dropout on attention weights
-    max_position_embeddings: int = 512  # rows of the learned position table
+    d_model: int = 768  # C: width of the residual stream (HF: hidden_size)
+    n_layers: int = 12  # N: encoder layers (HF: num_hidden_layers)
+    n_heads: int = 12  # H: heads per layer; must divide d_model
+    d_ff: int = 3072  # FFN hidden width (4·C) (HF: intermediate_size)
+    activation: str = "gelu"  # FFN and MLM-transform non-linearity (exact erf GELU) (HF: hidden_act)
+    dropout: float = 0.1  # dropout on embeddings and sublayer outputs (HF: hidden_dropout_prob)
+    attention_dropout: float = 0.1  # dropout on attention weights (HF: attention_probs_dropout_prob)
+    max_positions: int = 512  # rows of the learned position table (HF: max_position_embeddings)
     type_vocab_size: int = 2  # segment ids: 0 for sentence A, 1 for sentence B
-    layer_norm_eps: float = 1e-12  # ε of every LayerNorm (BERT uses 1e-12)
+    norm_eps: float = 1e-12  # ε of every LayerNorm (BERT uses 1e-12)
     initializer_range: float = 0.02  # std of the normal initialisation of weights
-    pad_token_id: int = 0  # id of [PAD]
+    pad_id: int = 0  # id of [PAD]
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_positions", "type_vocab_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"BertConfig.{name} must be a positive int; got {value!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                             f"num_attention_heads ({self.num_attention_heads})")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"BertConfig.hidden_act must be one of {sorted(ACTIVATIONS)}; got {self.hidden_act!r}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"BertConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"BertConfig.activation must be one of {sorted(ACTIVATIONS)}; got {self.activation!r}")
+        for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"BertConfig.{name} must be in [0, 1); got {getattr(self, name)!r}")
 
     @classmethod
-    def from_dict(cls, data: dict) -> BertConfig:
-        """Build from a Hugging Face ``config.json`` dict (unknown keys are ignored)."""
+    def from_hf(cls, data: dict, path: str = "config.json") -> BertConfig:
+        """From a Hugging Face ``config.json`` dict (unknown keys are ignored)."""
         if data.get("model_type", "bert") != "bert" or data.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"expected a BERT config with absolute positions; got model_type="
-                             f"{data.get('model_type')!r}, position_embedding_type={data.get('position_embedding_type')!r}")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+            raise CheckpointError(path, f"expected a BERT config with absolute positions; got model_type="
+                                        f"{data.get('model_type')!r}, position_embedding_type="
+                                        f"{data.get('position_embedding_type')!r}")
+        return cls(**{ours: data[theirs] for ours, theirs in HF_CONFIG_NAMES.items() if theirs in data})
+
+    def to_hf(self) -> dict[str, Any]:
+        return {theirs: getattr(self, ours) for ours, theirs in HF_CONFIG_NAMES.items()}
 
 
 class BertEmbeddings(nn.Module):
@@ -89,35 +98,18 @@ class BertEmbeddings(nn.Module):
 
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
-        self.position_embeddings = LearnedPositionalEmbedding(cfg.max_position_embeddings, cfg.hidden_size,
-                                                              init_std=cfg.initializer_range)
-        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
-        self.LayerNorm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps)  # HF name, capital L
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.position_embeddings = nn.Embedding(cfg.max_positions, cfg.d_model)  # learned, one per position
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
+        self.LayerNorm = LayerNorm(cfg.d_model, cfg.norm_eps)  # HF name, capital L
+        self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
         T = input_ids.shape[1]
-        positions = torch.arange(T, device=input_ids.device)  # (T,)
         x = self.word_embeddings(input_ids)  # (B, T, C)
-        x = x + self.position_embeddings(positions)  # (B, T, C) + (T, C)
+        x = x + self.position_embeddings.weight[:T]  # (B, T, C) + (T, C): positions 0..T-1
         x = x + self.token_type_embeddings(token_type_ids)  # (B, T, C)
         return self.dropout(self.LayerNorm(x))  # (B, T, C)
-
-
-class BertEncoder(nn.Module):
-    """``layer``: a list of Chapter 05 post-LN encoder layers (HF's attribute name)."""
-
-    def __init__(self, cfg: BertConfig) -> None:
-        super().__init__()
-        self.layer = nn.ModuleList([
-            EncoderLayer(cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size,
-                         dropout=cfg.hidden_dropout_prob, activation=cfg.hidden_act, norm_first=False,
-                         layer_norm_eps=cfg.layer_norm_eps)
-            for _ in range(cfg.num_hidden_layers)
-        ])
-        for layer in self.layer:  # attention-weight dropout has its own rate in BERT
-            layer.self_attn.dropout = cfg.attention_probs_dropout_prob
 
 
 class BertPooler(nn.Module):
@@ -125,22 +117,55 @@ class BertPooler(nn.Module):
 
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
 
     def forward(self, hidden: Tensor) -> Tensor:
         return torch.tanh(self.dense(hidden[:, 0]))  # (B, C) from the [CLS] position
 
 
-@dataclass
-class BertOutput:
-    """What :class:`BertModel` returns."""
+def _init_bert(module: nn.Module, std: float) -> None:
+    """BERT's init: N(0, std²) for every matrix and embedding, zero biases (and the padding row)."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, 0.0, std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, 0.0, std)
+        if module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
 
-    last_hidden_state: Tensor  # (B, T, C)
-    pooler_output: Tensor  # (B, C)
-    attentions: list[Tensor] | None = None  # per layer (B, H, T, T) when need_weights=True
+
+class _BertBase(PreTrainedModel):
+    """Loading, saving and input limits shared by :class:`BertModel` and :class:`BertForPreTraining`."""
+
+    config_class = BertConfig
+    required_hf_fields = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                          "intermediate_size")
+    prefix = ""  # where the encoder's names start in our state dict ("bert." for the pretraining model)
+
+    def input_limits(self) -> dict[str, int]:
+        c = self.config
+        return {"input_ids": c.vocab_size, "labels": c.vocab_size, "token_type_ids": c.type_vocab_size,
+                "max_length": c.max_positions}
+
+    def config_to_hf(self) -> dict[str, Any]:
+        arch = "BertForPreTraining" if self.prefix else "BertModel"
+        return {"model_type": "bert", "architectures": [arch], "position_embedding_type": "absolute",
+                **self.config.to_hf(), "scratchlm": {"model": type(self).__name__, **asdict(self.config)}}
+
+    @classmethod
+    def config_from_hf(cls, hf: dict[str, Any], path: str, **overrides) -> BertConfig:
+        return build_config(BertConfig, asdict(BertConfig.from_hf(hf, path)), overrides, path)
+
+    def hf_state_dict(self) -> dict[str, Tensor]:
+        aliases = self._tied_aliases()
+        return {scratchlm_to_hf_name(k): v for k, v in self.state_dict().items() if k not in aliases}
+
+    def load_hf_state_dict(self, tensors: dict[str, Tensor]) -> None:
+        load_hf_state_dict(self, tensors)
 
 
-class BertModel(nn.Module):
+class BertModel(_BertBase):
     """The BERT encoder: embeddings, N post-LN layers, pooler. Introduced in Chapter 07."""
 
     def __init__(self, cfg: BertConfig) -> None:
@@ -149,62 +174,36 @@ class BertModel(nn.Module):
             raise TypeError(f"BertModel expects a BertConfig; got {type(cfg).__name__}")
         self.config = cfg
         self.embeddings = BertEmbeddings(cfg)
-        self.encoder = BertEncoder(cfg)
+        self.encoder = Encoder(cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_ff, dropout=cfg.dropout,
+                               activation=cfg.activation, norm_first=False, layer_norm_eps=cfg.norm_eps,
+                               attention_dropout=cfg.attention_dropout, ffn_hidden_dropout=False)
         self.pooler = BertPooler(cfg)
-        self.apply(self._init_weights)
+        self.apply(lambda m: _init_bert(m, cfg.initializer_range))
 
-    def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range  # BERT: N(0, 0.02²) for every matrix, zero biases
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, 0.0, std)
-            if module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, *, output_attentions: bool = False,
+                output_hidden_states: bool = False) -> ModelOutput:
+        """input_ids (B, T); attention_mask (B, T) 1 = token, 0 = padding; token_type_ids (B, T) 0/1.
 
-    def _check_inputs(self, input_ids: Tensor, token_type_ids: Tensor | None,
-                      attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        if not isinstance(input_ids, Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"input_ids must be an int64 tensor of shape (B, T); got "
-                            f"{getattr(input_ids, 'dtype', type(input_ids).__name__)}")
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must have shape (B, T); got {tuple(input_ids.shape)}")
+        Returns ``last_hidden_state`` (B, T, C) and ``pooler_output`` (B, C) (and every layer's
+        attention weights (B, H, T, T) / outputs when asked).
+        """
+        check_ids_tensor("input_ids", input_ids)
         T = input_ids.shape[1]
-        if T > self.config.max_position_embeddings:
-            raise ValueError(f"sequence length {T} exceeds max_position_embeddings={self.config.max_position_embeddings}")
-        if int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0:
-            raise ValueError(f"input_ids must lie in [0, vocab_size={self.config.vocab_size}); got "
-                             f"{int(input_ids.min())}..{int(input_ids.max())}")
+        if T > self.config.max_positions:
+            raise ValueError(f"sequence length {T} exceeds max_positions={self.config.max_positions}")
+        check_same_shape("attention_mask", attention_mask, input_ids)
+        check_same_shape("token_type_ids", token_type_ids, input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)  # (B, T) everything is sentence A
-        elif token_type_ids.shape != input_ids.shape:
-            raise ValueError(f"token_type_ids must have shape {tuple(input_ids.shape)}; got {tuple(token_type_ids.shape)}")
-        padding = None
-        if attention_mask is not None:
-            if attention_mask.shape != input_ids.shape:
-                raise ValueError(f"attention_mask must have shape {tuple(input_ids.shape)}; "
-                                 f"got {tuple(attention_mask.shape)}")
-            padding = attention_mask == 0  # (B, T) True = padding, the EncoderLayer convention
-        return token_type_ids, padding
-
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
-                attention_mask: Tensor | None = None, *, need_weights: bool = False) -> BertOutput:
-        """input_ids (B, T); token_type_ids (B, T) of 0/1; attention_mask (B, T) 1 = token, 0 = padding.
-
-        ``need_weights=True`` also returns every layer's attention weights (B, H, T, T) (for plots):
-        each layer's attention is re-run on the reference path for its weights.
-        """
-        token_type_ids, padding = self._check_inputs(input_ids, token_type_ids, attention_mask)
+        padding = None if attention_mask is None else attention_mask == 0  # (B, T) True = padding
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, C)
-        attentions = [] if need_weights else None
-        for layer in self.encoder.layer:
-            if need_weights:  # post-LN: the attention sublayer sees the layer input x itself
-                _, w = layer.self_attn(x, key_padding_mask=padding, need_weights=True)
-                attentions.append(w)  # (B, H, T, T)
-            x = layer(x, key_padding_mask=padding)  # (B, T, C)
-        return BertOutput(x, self.pooler(x), attentions)
+        out = self.encoder(x, key_padding_mask=padding, output_attentions=output_attentions,
+                           output_hidden_states=output_hidden_states)
+        h = out if isinstance(out, Tensor) else out.last_hidden_state  # (B, T, C)
+        return ModelOutput(last_hidden_state=h, pooler_output=self.pooler(h),
+                           hidden_states=None if isinstance(out, Tensor) else out.hidden_states,
+                           attentions=None if isinstance(out, Tensor) else out.attentions)
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -212,25 +211,26 @@ class BertPredictionHeadTransform(nn.Module):
 
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.act = ACTIVATIONS[cfg.hidden_act]
-        self.LayerNorm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps)
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+        self.act = ACTIVATIONS[cfg.activation]
+        self.LayerNorm = LayerNorm(cfg.d_model, cfg.norm_eps)
 
     def forward(self, h: Tensor) -> Tensor:
         return self.LayerNorm(self.act(self.dense(h)))  # (..., C)
 
 
 class BertLMPredictionHead(nn.Module):
-    """MLM logits = transform(h) E_wordᵀ + b: the decoder matrix *is* the word embedding (tied)."""
+    """MLM logits = transform(h) E_wordᵀ + b: ``decoder`` is an nn.Linear whose weight *is* the word
+    embedding matrix (tied, as in HF), so wrappers of Linear layers see it too."""
 
     def __init__(self, cfg: BertConfig, word_embeddings: nn.Embedding) -> None:
         super().__init__()
         self.transform = BertPredictionHeadTransform(cfg)
-        self.word_embeddings = [word_embeddings]  # a list, so it is not registered twice
-        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))  # b: one bias per vocabulary entry
+        self.decoder = nn.Linear(cfg.d_model, cfg.vocab_size)  # b: one bias per vocabulary entry
+        self.decoder.weight = word_embeddings.weight  # (V, C), shared
 
     def forward(self, h: Tensor) -> Tensor:
-        return F.linear(self.transform(h), self.word_embeddings[0].weight, self.bias)  # (..., V)
+        return self.decoder(self.transform(h))  # (..., V)
 
 
 class BertPreTrainingHeads(nn.Module):
@@ -239,65 +239,73 @@ class BertPreTrainingHeads(nn.Module):
     def __init__(self, cfg: BertConfig, word_embeddings: nn.Embedding) -> None:
         super().__init__()
         self.predictions = BertLMPredictionHead(cfg, word_embeddings)
-        self.seq_relationship = nn.Linear(cfg.hidden_size, 2)  # logits (IsNext, NotNext)
+        self.seq_relationship = nn.Linear(cfg.d_model, 2)  # logits (IsNext, NotNext)
 
 
 @dataclass
-class BertPreTrainingOutput:
-    """What :class:`BertForPreTraining` returns; losses are None without labels."""
+class BertPreTrainingOutput(ModelOutput):
+    """:class:`ModelOutput` (``logits`` = MLM logits (B, T, V)) plus the NSP head and the two loss parts."""
 
-    prediction_logits: Tensor | None  # (B, T, V), or None when only the loss was asked for
-    seq_relationship_logits: Tensor  # (B, 2)
-    loss: Tensor | None = None  # L_MLM + L_NSP
+    nsp_logits: Tensor | None = None  # (B, 2)
     mlm_loss: Tensor | None = None  # mean -log p over masked positions
     nsp_loss: Tensor | None = None  # mean -log p of the right IsNext/NotNext label
-    attentions: list[Tensor] | None = None
 
 
-class BertForPreTraining(nn.Module):
+class BertForPreTraining(_BertBase):
     """BERT with the MLM and NSP heads. Introduced in Chapter 07."""
+
+    prefix = "bert."
 
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
         self.config = cfg
         self.bert = BertModel(cfg)
         self.cls = BertPreTrainingHeads(cfg, self.bert.embeddings.word_embeddings)
-        self.cls.apply(self.bert._init_weights)
+        for module in self.cls.modules():  # not the decoder: its weight is the (initialised) embedding
+            if module is not self.cls.predictions.decoder:
+                _init_bert(module, cfg.initializer_range)
+        nn.init.zeros_(self.cls.predictions.decoder.bias)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
-                attention_mask: Tensor | None = None, labels: Tensor | None = None,
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, labels: Tensor | None = None,
                 next_sentence_label: Tensor | None = None, *, logits_only_at_labels: bool = False,
-                need_weights: bool = False) -> BertPreTrainingOutput:
+                output_attentions: bool = False, output_hidden_states: bool = False) -> BertPreTrainingOutput:
         """``labels`` (B, T): original ids at masked positions, -100 elsewhere; ``next_sentence_label``
         (B,): 0 IsNext, 1 NotNext. With ``logits_only_at_labels`` the V-way decoder runs only at the
-        ~15 % labelled positions (same loss, ~7x less work in the largest matmul) and
-        ``prediction_logits`` is None."""
-        out = self.bert(input_ids, token_type_ids, attention_mask, need_weights=need_weights)
+        ~15 % labelled positions (same loss, ~7x less work in the largest matmul; ``logits`` is None).
+        That option selects positions by value, so it reads the labels on the host: leave it off
+        where forward must compile into one graph."""
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_attentions=output_attentions,
+                        output_hidden_states=output_hidden_states)
         h = out.last_hidden_state  # (B, T, C)
         nsp_logits = self.cls.seq_relationship(out.pooler_output)  # (B, 2)
-        logits = None
-        mlm_loss = nsp_loss = loss = None
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels must have shape {tuple(input_ids.shape)}; got {tuple(labels.shape)}")
+        logits = mlm_loss = nsp_loss = loss = None
+        check_same_shape("labels", labels, input_ids)
+        if labels is not None and logits_only_at_labels:
             selected = labels != IGNORE_INDEX  # (B, T)
-            if logits_only_at_labels:
-                masked_logits = self.cls.predictions(h[selected])  # (M, V) only the masked positions
-                mlm_loss = F.cross_entropy(masked_logits, labels[selected])
-            else:
-                logits = self.cls.predictions(h)  # (B, T, V)
-                mlm_loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
-            loss = mlm_loss
-        elif not logits_only_at_labels:
+            mlm_loss = token_cross_entropy(self.cls.predictions(h[selected]), labels[selected])  # (M, V) rows
+        else:
             logits = self.cls.predictions(h)  # (B, T, V)
+            if labels is not None:
+                mlm_loss = token_cross_entropy(logits, labels)
         if next_sentence_label is not None:
             nsp_loss = F.cross_entropy(nsp_logits, next_sentence_label)
-            loss = nsp_loss if loss is None else loss + nsp_loss
-        return BertPreTrainingOutput(logits, nsp_logits, loss, mlm_loss, nsp_loss, out.attentions)
+        parts = [p for p in (mlm_loss, nsp_loss) if p is not None]
+        loss = sum(parts[1:], parts[0]) if parts else None
+        return BertPreTrainingOutput(logits=logits, loss=loss, last_hidden_state=h, pooler_output=out.pooler_output,
+                                     hidden_states=out.hidden_states, attentions=out.attentions,
+                                     nsp_logits=nsp_logits, mlm_loss=mlm_loss, nsp_loss=nsp_loss)
+
+    def validate_inputs(self, batch) -> None:
+        super().validate_inputs(batch)
+        nsp = batch.get("next_sentence_label") if isinstance(batch, dict) else None
+        if nsp is not None and (nsp.dtype != torch.int64 or not bool(((nsp == 0) | (nsp == 1)).all())):
+            raise ValueError(f"next_sentence_label must be int64 0 (IsNext) or 1 (NotNext); got {nsp.dtype} "
+                             f"{nsp.unique()[:5].tolist()}")
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading Hugging Face checkpoints: a name map
+# Hugging Face checkpoints: a name map
 # ---------------------------------------------------------------------------------------------
 HF_LAYER_NAME_MAP: dict[str, str] = {  # inside encoder.layer.N: Hugging Face name -> Chapter 05 name
     "attention.self.query": "self_attn.q_proj",
@@ -309,23 +317,36 @@ HF_LAYER_NAME_MAP: dict[str, str] = {  # inside encoder.layer.N: Hugging Face na
     "output.dense": "ffn.linear2",
     "output.LayerNorm": "norm2",
 }
-_LAYER_RE = re.compile(r"^(.*encoder\.layer\.\d+\.)(.+)\.(weight|bias|gamma|beta)$")
+_HF_LAYER = re.compile(r"^(.*)encoder\.layer\.(\d+)\.(.+)\.(weight|bias|gamma|beta)$")
+_OUR_LAYER = re.compile(r"^(.*)encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 _SKIP = ("position_ids", "cls.predictions.decoder.weight")  # a buffer; the tied decoder = word embeddings
 
 
 def hf_to_scratchlm_name(name: str) -> str | None:
     """Translate one Hugging Face BERT parameter name to ours; None for names we do not store."""
-    if any(name.endswith(s) for s in _SKIP):
+    if name.endswith(_SKIP):
         return None
-    name = name.replace(".gamma", ".weight").replace(".beta", ".bias")  # TF-era checkpoints
-    if name.endswith("cls.predictions.decoder.bias"):
-        return name.replace("cls.predictions.decoder.bias", "cls.predictions.bias")
-    m = _LAYER_RE.match(name)
+    name = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", name))  # TF-era checkpoints
+    if name.endswith("cls.predictions.bias"):
+        return name.replace("cls.predictions.bias", "cls.predictions.decoder.bias")
+    m = _HF_LAYER.match(name)
     if m:
-        prefix, module, kind = m.groups()
+        prefix, index, module, kind = m.groups()
         if module not in HF_LAYER_NAME_MAP:
             raise KeyError(f"unknown BERT layer parameter {name!r}")
-        return f"{prefix}{HF_LAYER_NAME_MAP[module]}.{kind.replace('gamma', 'weight').replace('beta', 'bias')}"
+        return f"{prefix}encoder.layers.{index}.{HF_LAYER_NAME_MAP[module]}.{kind}"
+    return name
+
+
+def scratchlm_to_hf_name(name: str) -> str:
+    """The inverse map: our parameter name -> the Hugging Face BERT name."""
+    if name.endswith("cls.predictions.decoder.bias"):
+        return name.replace("cls.predictions.decoder.bias", "cls.predictions.bias")
+    m = _OUR_LAYER.match(name)
+    if m:
+        prefix, index, module, kind = m.groups()
+        inverse = {v: k for k, v in HF_LAYER_NAME_MAP.items()}
+        return f"{prefix}encoder.layer.{index}.{inverse[module]}.{kind}"
     return name
 
 
@@ -333,10 +354,10 @@ def load_hf_state_dict(model: BertModel | BertForPreTraining, hf_state: dict[str
     """Copy a Hugging Face BERT state dict into ``model`` by name; return the HF names not used.
 
     Works for ``BertModel`` checkpoints (no ``bert.`` prefix) and ``BertForPreTraining`` ones, in
-    either direction where it makes sense. Every parameter of ``model`` must be found (a missing
-    one raises), and every shape must match.
+    either direction where it makes sense (a pretraining checkpoint loads into a ``BertModel``; its
+    heads are then unused). Every parameter of ``model`` must be found and every shape must match.
     """
-    ours = model.state_dict()
+    ours = {k for k in model.state_dict() if k not in model._tied_aliases()}
     wants_prefix = isinstance(model, BertForPreTraining)
     translated: dict[str, Tensor] = {}
     unused = []
@@ -352,33 +373,10 @@ def load_hf_state_dict(model: BertModel | BertForPreTraining, hf_state: dict[str
         if new not in ours:
             unused.append(name)
             continue
-        if ours[new].shape != tensor.shape:
-            raise ValueError(f"shape mismatch for {name!r} -> {new!r}: checkpoint {tuple(tensor.shape)}, "
-                             f"model {tuple(ours[new].shape)}")
         translated[new] = tensor
-    missing = sorted(set(ours) - set(translated))
-    if missing:
-        raise ValueError(f"checkpoint lacks {len(missing)} parameters of {type(model).__name__}, e.g. {missing[:4]}")
-    model.load_state_dict(translated, strict=True)
+    if wants_prefix and "cls.predictions.decoder.bias" not in translated:
+        unused_bias = hf_state.get("cls.predictions.decoder.bias")
+        if unused_bias is not None:
+            translated["cls.predictions.decoder.bias"] = unused_bias
+    model._load_mapped(translated)
     return unused
-
-
-def from_pretrained(directory: str | Path, model_cls: type = BertModel) -> BertModel | BertForPreTraining:
-    """Build ``model_cls`` from a local Hugging Face directory (``config.json`` + ``model.safetensors``).
-
-    Only safetensors are read (never a pickled ``pytorch_model.bin``). Chapter 09 uses it for
-    all-MiniLM-L6-v2.
-    """
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    config_file, weights_file = directory / "config.json", directory / "model.safetensors"
-    for f in (config_file, weights_file):
-        if not f.is_file():
-            raise FileNotFoundError(f"expected {f.name} in {directory} (a Hugging Face BERT checkpoint directory)")
-    if model_cls not in (BertModel, BertForPreTraining):
-        raise TypeError(f"model_cls must be BertModel or BertForPreTraining; got {model_cls!r}")
-    cfg = BertConfig.from_dict(json.loads(config_file.read_text()))
-    model = model_cls(cfg)
-    load_hf_state_dict(model, load_file(str(weights_file)))
-    return model.eval()

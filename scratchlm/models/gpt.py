@@ -5,335 +5,325 @@
     p(w_i | w_<i) = softmax(LN_f(h_L) W_teᵀ)_i                        tied output embedding
     L = −(1/N) Σ_i log p(w_i | w_<i)                                  next-token cross-entropy
 
-Parameter names are Hugging Face GPT-2's (``transformer.wte``, ``transformer.h.N.attn.c_attn``,
-...), so real GPT-2 weights load with a name map (:meth:`GPT.from_pretrained_dir`); the only
-rewrite is a transpose, because HF stores these layers as ``Conv1D`` with (in, out) weights where
-``nn.Linear`` keeps (out, in).
+The blocks are Chapter 05's :class:`~scratchlm.layers.EncoderLayer` in its pre-LN, causal form with
+one fused q/k/v projection — the same class BERT and T5 use — so adapters, LoRA and quantization
+(Chapters 10–12) reach GPT through the same hook points and layers. Options for Chapter 06's speed
+run (``positions="rope"``, ``qk_norm``, ``activation="relu2"``/``"swiglu"``, ``norm="rmsnorm"``,
+untied head) are config fields, not forks.
+
+Names above the blocks are Hugging Face GPT-2's (``transformer.wte``, ``transformer.h``,
+``transformer.ln_f``, ``lm_head``); inside a block they are Chapter 05's, and
+:data:`HF_GPT2_LAYER_MAP` translates (plus a transpose: HF stores these layers as ``Conv1D`` with
+(in, out) weights where ``nn.Linear`` keeps (out, in)). Saved models load in ``GPT2LMHeadModel``.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import NamedTuple
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers.attention import padding_mask, scaled_dot_product_attention
-
-KeyValue = tuple[Tensor, Tensor]  # cached (k, v) of one layer, each (B, H, T_past, head_dim)
+from ..errors import CheckpointError
+from ..layers import ACTIVATIONS, NORMS, EncoderLayer, KVCache, LayerNorm, RMSNorm, RotaryEmbedding, make_norm
+from .base import (
+    PreTrainedModel,
+    build_config,
+    check_ids_tensor,
+    check_same_shape,
+    shift_for_causal_lm,
+    token_cross_entropy,
+)
+from .outputs import ModelOutput
 
 
 @dataclass
 class GPTConfig:
-    """Sizes of a GPT. Defaults are GPT-2 small (124 M parameters)."""
+    """Sizes and switches of a GPT. Defaults are GPT-2 small (124 M parameters)."""
 
-    block_size: int = 1024  # longest context: number of learned positions (HF: n_positions)
     vocab_size: int = 50257  # number of token ids (GPT-2's BPE: 50,257)
-    n_layer: int = 12  # transformer blocks
-    n_head: int = 12  # attention heads per block
-    n_embd: int = 768  # width of the residual stream C (head_dim = C / n_head)
+    block_size: int = 1024  # longest context (HF: n_positions); size of the position table
+    n_layers: int = 12  # transformer blocks
+    n_heads: int = 12  # attention heads per block
+    d_model: int = 768  # width of the residual stream C (head_dim = C / n_heads)
+    d_ff: int | None = None  # hidden width of the MLP; None: 4 · d_model
     dropout: float = 0.0  # on embeddings, attention weights and residual branches (training only)
     bias: bool = True  # biases in Linear and LayerNorm (GPT-2: True; nanoGPT allows False)
-    layer_norm_eps: float = 1e-5  # LayerNorm epsilon (HF: layer_norm_epsilon)
-    gelu_approximate: str = "tanh"  # "tanh": GPT-2's gelu_new; "none": exact erf GELU
+    norm_eps: float = 1e-5  # normalisation epsilon (HF: layer_norm_epsilon)
+    activation: str = "gelu_tanh"  # MLP non-linearity: GPT-2's "gelu_tanh", exact "gelu", "relu2", "swiglu"
+    norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm"
+    positions: str = "learned"  # "learned" absolute table (GPT-2) or "rope" (rotary, no table)
+    rope_base: float = 10000.0  # RoPE frequency base θ
+    qk_norm: bool = False  # RMSNorm on every query and key head before the dot product
+    tie_embeddings: bool = True  # output layer reuses the token embedding (Press & Wolf, 2017)
     attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "reference" (explicit softmax), Chapter 03
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+        for name in ("block_size", "vocab_size", "n_layers", "n_heads", "d_model"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive int; got {value!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.d_ff is not None and (not isinstance(self.d_ff, int) or self.d_ff < 1):
+            raise ValueError(f"GPTConfig.d_ff must be None or a positive int; got {self.d_ff!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"GPTConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1); got {self.dropout}")
-        if self.gelu_approximate not in ("tanh", "none"):
-            raise ValueError(f"GPTConfig.gelu_approximate must be 'tanh' or 'none'; got {self.gelu_approximate!r}")
-        if self.attn_impl not in ("sdpa", "reference"):
-            raise ValueError(f"GPTConfig.attn_impl must be 'sdpa' or 'reference'; got {self.attn_impl!r}")
+        choices = {"activation": tuple(ACTIVATIONS), "norm": NORMS, "positions": ("learned", "rope"),
+                   "attn_impl": ("sdpa", "reference")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"GPTConfig.{name} must be one of {allowed}; got {getattr(self, name)!r}")
+        if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"GPTConfig: rotary positions need an even head dimension; got "
+                             f"{self.d_model // self.n_heads}")
+
+    @property
+    def ffn_width(self) -> int:
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
 
 
-class GPTOutput(NamedTuple):
-    """What :meth:`GPT.run` returns."""
-
-    logits: Tensor  # (B, T, vocab_size)
-    past_key_values: list[KeyValue] | None  # per layer (k, v), each (B, H, T_past + T, head_dim)
-    attentions: list[Tensor] | None  # per layer (B, H, T, T_past + T) attention weights
-
-
-class CausalSelfAttention(nn.Module):
-    """Masked multi-head self-attention with one fused q/k/v projection and an optional KV cache."""
-
-    def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
-        self.n_head = config.n_head
-        self.head_dim = config.n_embd // config.n_head
-        self.impl = config.attn_impl
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # [W_q W_k W_v]
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # W_O
-        self.attn_dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
-
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        past: KeyValue | None = None,
-        keep: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> tuple[Tensor, KeyValue, Tensor | None]:
-        """x (B, T, C) -> (y (B, T, C), (k, v) for the cache, weights or None).
-
-        ``keep`` is a bool (B, 1, 1, T_past + T) mask, False at padding keys (left padding).
-        """
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, d)
-        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, d)
-        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, d)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)  # (B, H, T_past + T, d)
-            v = torch.cat([past[1], v], dim=2)  # (B, H, T_past + T, d)
-        # One new query sees every cached key: no causal mask needed, so SDPA's fastest path runs.
-        causal = not (past is not None and T == 1)
-        out = scaled_dot_product_attention(
-            q, k, v, mask=keep, is_causal=causal, impl=self.impl, return_weights=need_weights,
-            dropout_p=self.attn_dropout if self.training else 0.0,
-        )
-        y, weights = out if need_weights else (out, None)  # (B, H, T, d)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
-        return self.resid_dropout(self.c_proj(y)), (k, v), weights
+HF_GPT2_LAYER_MAP = {  # inside transformer.h.N: Hugging Face GPT-2 name -> ours (Chapter 05 names)
+    "ln_1": "norm1",
+    "attn.c_attn": "self_attn.qkv_proj",
+    "attn.c_proj": "self_attn.out_proj",
+    "ln_2": "norm2",
+    "mlp.c_fc": "ffn.linear1",
+    "mlp.c_proj": "ffn.linear2",
+}
+HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+HF_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
 
 
-class MLP(nn.Module):
-    """Position-wise feed-forward: GELU(x W_fc + b_fc) W_proj + b_proj, hidden width 4C."""
-
-    def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate=config.gelu_approximate)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
-
-    def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
-        self.mlp = MLP(config)
-
-    def forward(self, x: Tensor, **attn_kwargs) -> tuple[Tensor, KeyValue, Tensor | None]:
-        a, present, weights = self.attn(self.ln_1(x), **attn_kwargs)  # (B, T, C)
-        x = x + a  # (B, T, C)
-        x = x + self.mlp(self.ln_2(x))  # (B, T, C)
-        return x, present, weights
-
-
-class GPT(nn.Module):
+class GPT(PreTrainedModel):
     """Decoder-only language model with GPT-2's layout. Introduced in Chapter 06."""
+
+    config_class = GPTConfig
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         if not isinstance(config, GPTConfig):
             raise TypeError(f"GPT expects a GPTConfig; got {type(config).__name__}")
-        self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding (V, C)
-            wpe=nn.Embedding(config.block_size, config.n_embd),  # position embedding (T_max, C)
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
-        ))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying (Press & Wolf, 2017): the output layer reuses the input embedding, which saves
-        # V x C parameters and helps small models: "similar input tokens" = "similar predictions".
-        self.transformer.wte.weight = self.lm_head.weight
+        self.config = c = config
+        parts = dict(wte=nn.Embedding(c.vocab_size, c.d_model))  # token embedding (V, C)
+        if c.positions == "learned":
+            parts["wpe"] = nn.Embedding(c.block_size, c.d_model)  # position embedding (T_max, C)
+        parts["drop"] = nn.Dropout(c.dropout)
+        parts["h"] = nn.ModuleList([
+            EncoderLayer(c.d_model, c.n_heads, c.ffn_width, c.dropout, c.activation, norm_first=True,
+                         layer_norm_eps=c.norm_eps, bias=c.bias, norm=c.norm, fused_qkv=True, qk_norm=c.qk_norm,
+                         ffn_hidden_dropout=False, attn_impl=c.attn_impl)
+            for _ in range(c.n_layers)
+        ])
+        parts["ln_f"] = make_norm(c.norm, c.d_model, c.norm_eps, c.bias)
+        self.transformer = nn.ModuleDict(parts)
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        if c.tie_embeddings:  # saves V x C parameters; "similar input tokens" = "similar predictions"
+            self.transformer.wte.weight = self.lm_head.weight
+        if c.positions == "rope":  # one table of angles, shared by every layer (buffers, not parameters)
+            rotary = RotaryEmbedding(c.d_model // c.n_heads, c.block_size, base=c.rope_base)
+            for block in self.transformer.h:
+                block.self_attn.rotary = rotary
         self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
         """GPT-2 initialisation: N(0, 0.02) for Linear and Embedding weights, zero biases, and
-        N(0, 0.02/√(2L)) for the projections that write into the residual stream (``c_proj``).
+        N(0, 0.02/√(2L)) for the projections that write into the residual stream (``out_proj``,
+        ``ffn.linear2``).
 
         Why the scaled residual projections: each of the 2L residual branches adds a roughly
         independent term to the stream, so its variance grows like 2L x var(branch); dividing the
         std by √(2L) keeps the stream's scale independent of depth at initialisation.
         """
-        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
-                std = residual_std if name.endswith("c_proj") else 0.02
+                std = residual_std if name.endswith(("out_proj", "linear2")) else 0.02
                 nn.init.normal_(module.weight, mean=0.0, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                if module.bias is not None:
+            elif isinstance(module, (LayerNorm, RMSNorm)):
+                nn.init.ones_(module.weight)  # LayerNorm / RMSNorm gains
+                if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count (tied weights once); ``non_embedding`` leaves out the position table,
         as nanoGPT and the scaling-law papers do (the token table is the output layer too)."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        return n - self.transformer.wpe.weight.numel() if non_embedding and "wpe" in self.transformer else n
 
     # ---- forward -------------------------------------------------------------------------------
-    def run(
+    def forward(
         self,
-        idx: Tensor,
-        *,
+        input_ids: Tensor,
         attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        *,
         position_ids: Tensor | None = None,
-        past_key_values: list[KeyValue] | None = None,
+        past_key_values: KVCache | None = None,
         use_cache: bool = False,
-        need_weights: bool = False,
-    ) -> GPTOutput:
-        """Logits for every position of ``idx`` (B, T), with the optional cache and weights.
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        """Logits for every position of ``input_ids`` (B, T), the loss when ``labels`` are given.
 
         Args:
             attention_mask: (B, T_past + T) 1 = real token, 0 = padding (left padding for batched
                 prompts). Positions then count real tokens only, so a padded row matches the same
                 prompt run alone.
+            labels: (B, T) *unshifted* targets (usually ``input_ids``; −100 = no loss): position t is
+                scored on labels[t + 1].
             position_ids: (B, T) explicit positions; default: continue after the cache.
-            past_key_values: per layer (k, v) of the earlier positions (from a previous call).
-            use_cache: return the grown (k, v) per layer.
-            need_weights: return every layer's attention weights (explicit-softmax path).
+            past_key_values: a :class:`~scratchlm.layers.KVCache` holding the earlier positions;
+                ``use_cache=True`` creates one if needed and returns it, grown.
+            output_attentions / output_hidden_states: every layer's weights (reference path) /
+                every layer's output.
         """
-        if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"GPT expects idx as an int64 tensor of shape (B, T); got "
-                             f"{getattr(idx, 'dtype', type(idx).__name__)} {tuple(getattr(idx, 'shape', ()))}")
-        B, T = idx.shape
-        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
-        if past_key_values is not None and len(past_key_values) != self.config.n_layer:
-            raise ValueError(f"past_key_values must hold {self.config.n_layer} layers; got {len(past_key_values)}")
+        check_ids_tensor("input_ids", input_ids)
+        B, T = input_ids.shape
+        cache = past_key_values if past_key_values is not None else (KVCache() if use_cache else None)
+        past_len = 0 if cache is None else cache.seq_length()
         if past_len + T > self.config.block_size:
-            raise ValueError(f"sequence of {past_len + T} tokens exceeds block_size={self.config.block_size}")
-        keep = None
+            raise ValueError(f"sequence of {past_len + T} tokens (cache {past_len} + {T} new) exceeds "
+                             f"block_size={self.config.block_size}")
+        padding = None
         if attention_mask is not None:
             if tuple(attention_mask.shape) != (B, past_len + T):
                 raise ValueError(f"attention_mask must have shape (B, T_past + T) = {(B, past_len + T)}; "
                                  f"got {tuple(attention_mask.shape)}")
-            keep = padding_mask(attention_mask)  # (B, 1, 1, T_past + T)
-            if position_ids is None:  # count real tokens: first real token is position 0
+            padding = attention_mask == 0  # (B, T_past + T) True = padding key
+            if position_ids is None:  # count real tokens: the first real token is position 0
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]  # (B, T)
-        if position_ids is None:
-            position_ids = torch.arange(past_len, past_len + T, device=idx.device)[None]  # (1, T)
+        check_same_shape("position_ids", position_ids, input_ids)
+        check_same_shape("labels", labels, input_ids)
 
-        x = self.transformer.wte(idx) + self.transformer.wpe(position_ids)  # (B, T, C)
+        x = self.transformer.wte(input_ids)  # (B, T, C)
+        if "wpe" in self.transformer:
+            pos = position_ids if position_ids is not None else torch.arange(past_len, past_len + T,
+                                                                             device=input_ids.device)
+            x = x + self.transformer.wpe(pos)  # (B, T, C)
         x = self.transformer.drop(x)  # (B, T, C)
-        presents: list[KeyValue] = []
-        attentions: list[Tensor] = []
+        causal = not (past_len > 0 and T == 1)  # one new query sees every cached key: SDPA's fastest path
+        hidden = [x] if output_hidden_states else None
+        attentions = [] if output_attentions else None
         for i, block in enumerate(self.transformer.h):
-            past = None if past_key_values is None else past_key_values[i]
-            x, present, weights = block(x, past=past, keep=keep, need_weights=need_weights)  # (B, T, C)
-            presents.append(present)
-            if need_weights:
-                attentions.append(weights)  # (B, H, T, T_past + T)
+            out = block(x, key_padding_mask=padding, is_causal=causal, cache=cache, layer_idx=i,
+                        positions=position_ids, need_weights=output_attentions)
+            x = out[0] if output_attentions else out  # (B, T, C)
+            if output_attentions:
+                attentions.append(out[1])  # (B, H, T, T_past + T)
+            if output_hidden_states:
+                hidden.append(x)
         x = self.transformer.ln_f(x)  # (B, T, C)
         logits = self.lm_head(x)  # (B, T, V)
-        return GPTOutput(logits, presents if use_cache else None, attentions if need_weights else None)
+        loss = None if labels is None else token_cross_entropy(*shift_for_causal_lm(logits, labels))
+        return ModelOutput(logits=logits, loss=loss, last_hidden_state=x, past_key_values=cache,
+                           hidden_states=None if hidden is None else tuple(hidden),
+                           attentions=None if attentions is None else tuple(attentions))
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """(logits (B, T, V), loss) with loss = mean −log p(targets | context); None without targets.
-
-        Targets equal to -100 are ignored (padding, or a prompt a fine-tune should not learn).
-        """
-        logits = self.run(idx).logits  # (B, T, V)
-        if targets is None:
-            return logits, None
-        if targets.shape != idx.shape:
-            raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}; got {tuple(targets.shape)}")
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
+    def input_limits(self) -> dict[str, int]:
+        return {"input_ids": self.config.vocab_size, "labels": self.config.vocab_size,
+                "max_length": self.config.block_size}
 
     def configure_optimizers(self, *, learning_rate: float, weight_decay: float,
                              betas: tuple[float, float], eps: float = 1e-8,
                              fused: bool | None = None) -> torch.optim.AdamW:
-        """AdamW where matrices (embeddings, Linear weights) decay and biases / LayerNorm gains don't;
+        """AdamW where matrices (embeddings, Linear weights) decay and biases / norm gains don't;
         the fused kernel when the device has one (see :func:`scratchlm.training.adamw_with_decay_groups`)."""
         from ..training.optim import adamw_with_decay_groups
 
         return adamw_with_decay_groups(self.named_parameters(), learning_rate=learning_rate,
                                        weight_decay=weight_decay, betas=betas, eps=eps, fused=fused)
 
-    # ---- Hugging Face GPT-2 weights ---------------------------------------------------------------
-    HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    # ---- Hugging Face GPT-2 format ------------------------------------------------------------
+    @property
+    def gpt2_compatible(self) -> bool:
+        """Whether ``GPT2LMHeadModel`` can hold this model (learned positions, LayerNorm, plain MLP)."""
+        c = self.config
+        return (c.positions == "learned" and c.norm == "layernorm" and not c.qk_norm
+                and c.activation in HF_ACTIVATIONS)
+
+    def config_to_hf(self) -> dict[str, Any]:
+        c = self.config
+        hf = {"scratchlm": {"model": "GPT", **asdict(c)}}  # exact round trip (bias=False, options)
+        if not self.gpt2_compatible:
+            return {**hf, "model_type": "scratchlm-gpt"}
+        return {**hf, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": c.vocab_size,
+                "n_positions": c.block_size, "n_embd": c.d_model, "n_layer": c.n_layers, "n_head": c.n_heads,
+                "n_inner": c.d_ff, "activation_function": HF_ACTIVATIONS[c.activation],
+                "layer_norm_epsilon": c.norm_eps, "resid_pdrop": c.dropout, "embd_pdrop": c.dropout,
+                "attn_pdrop": c.dropout, "tie_word_embeddings": c.tie_embeddings, "bos_token_id": None,
+                "eos_token_id": None}
 
     @classmethod
-    def config_from_hf(cls, hf: dict, **overrides) -> GPTConfig:
-        """A GPTConfig from a Hugging Face GPT-2 ``config.json`` dictionary."""
-        if hf.get("model_type") != "gpt2":
-            raise ValueError(f"expected a GPT-2 config (model_type 'gpt2'); got {hf.get('model_type')!r}")
-        act = hf.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
-            raise ValueError(f"unsupported activation_function {act!r}; expected gelu_new or gelu")
-        n_inner = hf.get("n_inner")
-        if n_inner not in (None, 4 * hf["n_embd"]):
-            raise ValueError(f"only n_inner = 4 * n_embd is supported; got n_inner={n_inner}")
-        for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
-            if hf.get(flag):
-                raise ValueError(f"GPT-2 variant with {flag}=True is not supported")
-        cfg = dict(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
-                   n_head=hf["n_head"], n_embd=hf["n_embd"], bias=True, dropout=0.0,
-                   layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-                   gelu_approximate="none" if act == "gelu" else "tanh")
-        names = {f.name for f in fields(GPTConfig)}
-        unknown = set(overrides) - names
-        if unknown:
-            raise ValueError(f"unknown GPTConfig fields {sorted(unknown)}; expected some of {sorted(names)}")
-        cfg.update(overrides)
-        return GPTConfig(**cfg)
+    def config_from_hf(cls, hf: dict[str, Any], path: str, **overrides) -> GPTConfig:
+        if isinstance(hf.get("scratchlm"), dict):  # saved by us: the exact config
+            cfg = hf["scratchlm"]
+        else:
+            if hf.get("model_type") != "gpt2":
+                raise CheckpointError(path, f"expected a GPT-2 config (model_type 'gpt2'); got {hf.get('model_type')!r}")
+            missing = [k for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head") if k not in hf]
+            if missing:
+                raise CheckpointError(path, f"missing fields {missing}")
+            act = {v: k for k, v in HF_ACTIVATIONS.items()} | {"gelu_pytorch_tanh": "gelu_tanh"}
+            if hf.get("activation_function", "gelu_new") not in act:
+                raise CheckpointError(path, f"unsupported activation_function {hf.get('activation_function')!r}")
+            for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention", "reorder_and_upcast_attn"):
+                if hf.get(flag):
+                    raise CheckpointError(path, f"GPT-2 variant with {flag}=True is not supported")
+            cfg = dict(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], d_model=hf["n_embd"],
+                       n_layers=hf["n_layer"], n_heads=hf["n_head"], d_ff=hf.get("n_inner"), bias=True,
+                       norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                       activation=act[hf.get("activation_function", "gelu_new")],
+                       tie_embeddings=hf.get("tie_word_embeddings", True))
+        return build_config(GPTConfig, cfg, overrides, path)
 
-    @classmethod
-    def from_pretrained_dir(cls, path: str | Path, **overrides) -> GPT:
-        """Load a local Hugging Face GPT-2 checkpoint directory (``config.json`` + ``model.safetensors``).
+    def hf_state_dict(self) -> dict[str, Tensor]:
+        """Our tensors under GPT-2's names (Conv1D weights transposed; zero biases if bias=False)."""
+        out: dict[str, Tensor] = {}
+        inverse = {ours: theirs for theirs, ours in HF_GPT2_LAYER_MAP.items()}
+        for name, tensor in self.state_dict().items():
+            if name == "lm_head.weight" and self.config.tie_embeddings:
+                continue  # tied: stored once, as transformer.wte.weight
+            if name.startswith("transformer.h.") and self.gpt2_compatible:
+                _, _, i, rest = name.split(".", 3)
+                module, kind = rest.rsplit(".", 1)
+                name = f"transformer.h.{i}.{inverse[module]}.{kind}"
+                if name.endswith(HF_TRANSPOSED):
+                    tensor = tensor.t()
+            out[name] = tensor
+        if not self.config.bias and self.gpt2_compatible:  # GPT-2 always has biases: write zeros
+            for i in range(self.config.n_layers):
+                for module, width in (("ln_1", 1), ("attn.c_attn", 3), ("attn.c_proj", 1), ("ln_2", 1),
+                                      ("mlp.c_fc", self.config.ffn_width / self.config.d_model), ("mlp.c_proj", 1)):
+                    out[f"transformer.h.{i}.{module}.bias"] = torch.zeros(int(width * self.config.d_model))
+            out["transformer.ln_f.bias"] = torch.zeros(self.config.d_model)
+        return out
 
-        The name map: HF keys with or without the ``transformer.`` prefix become ours; the four
-        Conv1D weights are transposed; HF's non-parameter buffers (``attn.bias``, the causal mask of
-        older versions) are skipped; ``lm_head.weight`` is tied to ``transformer.wte.weight``.
-        ``overrides`` change config fields that do not affect the weights (dropout, attn_impl).
-        """
-        from safetensors import safe_open
-
-        path = Path(path)
-        config_file, weights_file = path / "config.json", path / "model.safetensors"
-        for f in (config_file, weights_file):
-            if not f.is_file():
-                raise ValueError(f"{str(path)!r} is not a Hugging Face checkpoint directory: {f.name} is missing")
-        config = cls.config_from_hf(json.loads(config_file.read_text()), **overrides)
-        model = cls(config)
-        ours = model.state_dict()
-        loaded: dict[str, Tensor] = {}
-        with safe_open(str(weights_file), framework="pt") as handle:
-            for key in handle.keys():
-                name = key if key.startswith(("transformer.", "lm_head.")) else "transformer." + key
-                if name.endswith((".attn.bias", ".attn.masked_bias")):
-                    continue  # causal-mask buffers, not parameters
-                if name not in ours:
-                    raise ValueError(f"unexpected tensor {key!r} in {weights_file}")
-                tensor = handle.get_tensor(key)
-                if name.endswith(cls.HF_TRANSPOSED):
-                    tensor = tensor.t()  # Conv1D (in, out) -> Linear (out, in)
-                if tensor.shape != ours[name].shape:
-                    raise ValueError(f"{key}: expected shape {tuple(ours[name].shape)}; got {tuple(tensor.shape)}")
-                loaded[name] = tensor
-        loaded.setdefault("lm_head.weight", loaded.get("transformer.wte.weight"))
-        missing = [k for k in ours if k not in loaded or loaded[k] is None]
-        if missing:
-            raise ValueError(f"{weights_file} lacks {len(missing)} tensors, e.g. {missing[:3]}")
-        model.load_state_dict(loaded, strict=True)
-        return model
+    def load_hf_state_dict(self, tensors: dict[str, Tensor]) -> None:
+        """Load GPT-2-named tensors (with or without the ``transformer.`` prefix) or our own names."""
+        own = self.state_dict()
+        mapped: dict[str, Tensor] = {}
+        for key, tensor in tensors.items():
+            name = key if key.startswith(("transformer.", "lm_head.")) else "transformer." + key
+            if name.endswith((".attn.bias", ".attn.masked_bias")):
+                continue  # causal-mask buffers of older HF versions, not parameters
+            if name.startswith("transformer.h."):
+                _, _, i, rest = name.split(".", 3)
+                module, kind = rest.rsplit(".", 1)
+                if module in HF_GPT2_LAYER_MAP:
+                    if name.endswith(HF_TRANSPOSED):
+                        tensor = tensor.t()  # Conv1D (in, out) -> Linear (out, in)
+                    name = f"transformer.h.{i}.{HF_GPT2_LAYER_MAP[module]}.{kind}"
+            if not self.config.bias and name.endswith(".bias") and name not in own:
+                continue  # a bias-free model saved in GPT-2 format: its biases are the zeros we wrote
+            mapped[name] = tensor
+        if self.config.tie_embeddings:
+            mapped.pop("lm_head.weight", None)
+        self._load_mapped(mapped)

@@ -12,15 +12,22 @@ t is trained to predict target token t + 1; the causal mask keeps it from peekin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
-from ..layers.blocks import Decoder, Encoder
-from ..layers.feedforward import ACTIVATIONS
-from ..layers.norms import LayerNorm
-from ..layers.positional import SinusoidalPositionalEncoding
+from ..errors import CheckpointError
+from ..layers import ACTIVATIONS, Decoder, Encoder, KVCache, LayerNorm, SinusoidalPositionalEncoding
+from .base import (
+    PreTrainedModel,
+    build_config,
+    check_ids_tensor,
+    check_same_shape,
+    shift_right,
+    token_cross_entropy,
+)
+from .outputs import ModelOutput
 
 
 @dataclass
@@ -37,12 +44,15 @@ class EncoderDecoderConfig:
     dropout: float = 0.1  # on embeddings+PE, attention weights, sublayer outputs and FFN hidden units
     activation: str = "relu"  # FFN non-linearity: "relu" (original), "gelu" or "gelu_tanh"
     norm_first: bool = False  # False: post-LN (Vaswani); True: pre-LN (Xiong et al.) + final LNs
-    layer_norm_eps: float = 1e-5  # ε inside every LayerNorm
+    norm_eps: float = 1e-5  # ε inside every LayerNorm
     bias: bool = True  # biases in Linear and LayerNorm layers
     max_len: int = 512  # longest source or target sequence (size of the sinusoidal table)
-    pad_id: int = 0  # padding token id (greedy decoding fills finished rows with it)
+    pad_id: int = 0  # padding token id (generation fills finished rows with it)
+    decoder_start_id: int | None = None  # first decoder input (BOS); needed to build it from labels
+    eos_id: int | None = None  # end of a target; generation stops a row there
     tie_output_projection: bool = True  # output Linear reuses the target embedding matrix
     share_embeddings: bool = False  # one embedding table for source and target (needs equal vocabs)
+    is_encoder_decoder: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "n_encoder_layers",
@@ -59,6 +69,10 @@ class EncoderDecoderConfig:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout!r}")
         if not 0 <= self.pad_id < self.tgt_vocab_size:
             raise ValueError(f"pad_id must be a target token id in [0, {self.tgt_vocab_size}); got {self.pad_id}")
+        for name in ("decoder_start_id", "eos_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.tgt_vocab_size:
+                raise ValueError(f"{name} must be None or a target token id in [0, {self.tgt_vocab_size}); got {value}")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError("share_embeddings needs src_vocab_size == tgt_vocab_size; got "
                              f"{self.src_vocab_size} and {self.tgt_vocab_size}")
@@ -116,25 +130,28 @@ def init_transformer_weights(module: nn.Module, d_model: int) -> None:
             nn.init.zeros_(module.bias)
 
 
-class EncoderDecoderTransformer(nn.Module):
+class EncoderDecoderTransformer(PreTrainedModel):
     """Token embeddings + sinusoidal positions + encoder + decoder + output projection.
 
     logits = Decoder(E_tgt[tgt]·√C + PE, Encoder(E_src[src]·√C + PE)) · W_outᵀ, with W_out = E_tgt
-    when ``tie_output_projection``. Introduced in Chapter 05.
+    when ``tie_output_projection``. Follows the model contract: ``forward(input_ids, attention_mask,
+    labels, decoder_input_ids=...)`` returns a :class:`ModelOutput`. Introduced in Chapter 05.
     """
+
+    config_class = EncoderDecoderConfig
 
     def __init__(self, cfg: EncoderDecoderConfig) -> None:
         super().__init__()
         if not isinstance(cfg, EncoderDecoderConfig):
             raise TypeError(f"cfg must be an EncoderDecoderConfig; got {type(cfg).__name__}")
-        self.cfg = cfg
+        self.config = cfg
         c = cfg.d_model
         self.tgt_embed = nn.Embedding(cfg.tgt_vocab_size, c)
         self.src_embed = self.tgt_embed if cfg.share_embeddings else nn.Embedding(cfg.src_vocab_size, c)
         self.positions = SinusoidalPositionalEncoding(c, cfg.max_len, cfg.dropout)  # shared: no parameters
         stack = dict(d_model=c, n_heads=cfg.n_heads, d_ff=cfg.d_ff, dropout=cfg.dropout,
                      activation=cfg.activation, norm_first=cfg.norm_first,
-                     layer_norm_eps=cfg.layer_norm_eps, bias=cfg.bias)
+                     layer_norm_eps=cfg.norm_eps, bias=cfg.bias)
         self.encoder = Encoder(cfg.n_encoder_layers, **stack)
         self.decoder = Decoder(cfg.n_decoder_layers, **stack)
         self.lm_head = nn.Linear(c, cfg.tgt_vocab_size, bias=False)
@@ -143,62 +160,66 @@ class EncoderDecoderTransformer(nn.Module):
             self.lm_head.weight = self.tgt_embed.weight  # one (V, C) matrix for input and output
         self.embed_scale = math.sqrt(c)
 
-    def _check_ids(self, name: str, ids: Tensor, vocab_size: int) -> None:
-        if not isinstance(ids, Tensor) or ids.dtype not in (torch.int64, torch.int32):
-            got = ids.dtype if isinstance(ids, Tensor) else type(ids).__name__
-            raise TypeError(f"{name} must be an integer (long) tensor of token ids; got {got}")
-        if ids.dim() != 2:
-            raise ValueError(f"{name} must have shape (B, T); got {tuple(ids.shape)}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-            raise ValueError(f"{name} ids must lie in [0, {vocab_size}); got range "
-                             f"[{int(ids.min())}, {int(ids.max())}]")
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """input_ids (B, S) source ids, attention_mask (B, S) 1 = token -> memory (B, S, C)."""
+        check_ids_tensor("input_ids", input_ids)
+        check_same_shape("attention_mask", attention_mask, input_ids)
+        x = self.positions(self.src_embed(input_ids) * self.embed_scale)  # (B, S, C)
+        padding = None if attention_mask is None else attention_mask == 0  # (B, S) True = padding
+        return self.encoder(x, key_padding_mask=padding)  # (B, S, C)
 
-    def encode(self, src: Tensor, src_key_padding_mask: Tensor | None = None) -> Tensor:
-        """src: (B, S) ids -> memory (B, S, C). src_key_padding_mask: (B, S) bool, True = padding."""
-        self._check_ids("src", src, self.cfg.src_vocab_size)
-        x = self.positions(self.src_embed(src) * self.embed_scale)  # (B, S, C)
-        return self.encoder(x, key_padding_mask=src_key_padding_mask)  # (B, S, C)
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                labels: Tensor | None = None, *, decoder_input_ids: Tensor | None = None,
+                decoder_attention_mask: Tensor | None = None, encoder_outputs: Tensor | None = None,
+                past_key_values: KVCache | None = None, use_cache: bool = False) -> ModelOutput:
+        """Teacher forcing: ``decoder_input_ids`` (B, T) start with BOS (default: ``labels`` shifted right
+        behind ``config.decoder_start_id``); ``labels`` (B, T) are the targets (−100 = no loss).
 
-    def decode(self, tgt: Tensor, memory: Tensor, tgt_key_padding_mask: Tensor | None = None,
-               memory_key_padding_mask: Tensor | None = None) -> Tensor:
-        """tgt: (B, T) decoder input ids, memory: (B, S, C) -> logits (B, T, V_tgt)."""
-        self._check_ids("tgt", tgt, self.cfg.tgt_vocab_size)
-        y = self.positions(self.tgt_embed(tgt) * self.embed_scale)  # (B, T, C)
-        y = self.decoder(y, memory, tgt_key_padding_mask=tgt_key_padding_mask,
-                         memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=True)  # (B, T, C)
-        return self.lm_head(y)  # (B, T, V)
+        ``decoder_attention_mask`` (B, T_past + T) 1 = token; ``encoder_outputs`` (B, S, C) skips the
+        encoder; a KV cache makes ``decoder_input_ids`` only the new tokens (generation).
+        """
+        if decoder_input_ids is None:
+            if labels is None or self.config.decoder_start_id is None:
+                raise ValueError("EncoderDecoderTransformer.forward needs decoder_input_ids, or labels and a "
+                                 "config.decoder_start_id to build them")
+            decoder_input_ids = shift_right(labels, self.config.decoder_start_id)
+        check_ids_tensor("decoder_input_ids", decoder_input_ids)
+        check_same_shape("labels", labels, decoder_input_ids, "decoder_input_ids")
+        if encoder_outputs is None:
+            if input_ids is None:
+                raise ValueError("EncoderDecoderTransformer.forward needs input_ids (or encoder_outputs)")
+            encoder_outputs = self.encode(input_ids, attention_mask)  # (B, S, C)
+        cache = past_key_values if past_key_values is not None else (KVCache() if use_cache else None)
+        past = 0 if cache is None else cache.seq_length()
+        y = self.positions(self.tgt_embed(decoder_input_ids) * self.embed_scale, offset=past)  # (B, T, C)
+        tgt_padding = None if decoder_attention_mask is None else decoder_attention_mask == 0  # (B, T_past + T)
+        mem_padding = None if attention_mask is None else attention_mask == 0  # (B, S)
+        h = self.decoder(y, encoder_outputs, tgt_key_padding_mask=tgt_padding, memory_key_padding_mask=mem_padding,
+                         tgt_is_causal=True, cache=cache)  # (B, T, C)
+        logits = self.lm_head(h)  # (B, T, V)
+        loss = None if labels is None else token_cross_entropy(logits, labels)
+        return ModelOutput(logits=logits, loss=loss, last_hidden_state=h, past_key_values=cache,
+                           encoder_last_hidden_state=encoder_outputs)
 
-    def forward(self, src: Tensor, tgt: Tensor, src_key_padding_mask: Tensor | None = None,
-                tgt_key_padding_mask: Tensor | None = None) -> Tensor:
-        """src: (B, S), tgt: (B, T) (shifted right, starts with BOS) -> logits (B, T, V_tgt)."""
-        memory = self.encode(src, src_key_padding_mask)  # (B, S, C)
-        return self.decode(tgt, memory, tgt_key_padding_mask, src_key_padding_mask)  # (B, T, V)
+    def input_limits(self) -> dict[str, int]:
+        return {"input_ids": self.config.src_vocab_size, "decoder_input_ids": self.config.tgt_vocab_size,
+                "labels": self.config.tgt_vocab_size, "max_length": self.config.max_len}
 
-    @torch.no_grad()
-    def greedy_decode(self, src: Tensor, *, bos_id: int, max_new_tokens: int, eos_id: int | None = None,
-                      src_key_padding_mask: Tensor | None = None) -> Tensor:
-        """Encode once, then append argmax tokens one at a time. Returns (B, 1 + max_new_tokens) ids
-        starting with BOS; after a row emits ``eos_id`` the rest of it is ``pad_id``. No KV cache
-        (Chapter 06 adds one): step t re-runs the decoder on all t tokens."""
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int; got {max_new_tokens!r}")
-        if max_new_tokens + 1 > self.cfg.max_len:
-            raise ValueError(f"1 + max_new_tokens = {max_new_tokens + 1} exceeds max_len={self.cfg.max_len}")
-        for name, tok in (("bos_id", bos_id), ("eos_id", eos_id)):
-            if tok is not None and not 0 <= tok < self.cfg.tgt_vocab_size:
-                raise ValueError(f"{name} must be in [0, {self.cfg.tgt_vocab_size}); got {tok}")
-        memory = self.encode(src, src_key_padding_mask)  # (B, S, C)
-        out = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)  # (B, 1)
-        finished = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)  # (B,)
-        for _ in range(max_new_tokens):
-            logits = self.decode(out, memory, memory_key_padding_mask=src_key_padding_mask)  # (B, t, V)
-            next_token = logits[:, -1].argmax(dim=-1)  # (B,)
-            next_token = next_token.masked_fill(finished, self.cfg.pad_id)  # (B,)
-            out = torch.cat([out, next_token[:, None]], dim=1)  # (B, t + 1)
-            if eos_id is not None:
-                finished |= next_token == eos_id
-                if bool(finished.all()):
-                    pad = torch.full((src.shape[0], max_new_tokens + 1 - out.shape[1]), self.cfg.pad_id,
-                                     dtype=torch.long, device=src.device)
-                    return torch.cat([out, pad], dim=1)  # (B, 1 + max_new_tokens)
-        return out  # (B, 1 + max_new_tokens)
+    # ---- saving: no Hugging Face class holds this model, so the directory is scratchlm's own ----
+    def config_to_hf(self) -> dict[str, Any]:
+        return {"model_type": "scratchlm-transformer", "scratchlm": {"model": "EncoderDecoderTransformer",
+                                                                     **asdict(self.config)}}
+
+    @classmethod
+    def config_from_hf(cls, hf: dict[str, Any], path: str, **overrides) -> EncoderDecoderConfig:
+        if hf.get("model_type") != "scratchlm-transformer" or not isinstance(hf.get("scratchlm"), dict):
+            raise CheckpointError(path, f"expected a scratchlm encoder-decoder config (model_type "
+                                        f"'scratchlm-transformer'); got {hf.get('model_type')!r}")
+        return build_config(EncoderDecoderConfig, hf["scratchlm"], overrides, path)
+
+    def hf_state_dict(self) -> dict[str, Tensor]:
+        aliases = self._tied_aliases()
+        return {k: v for k, v in self.state_dict().items() if k not in aliases}
+
+    def load_hf_state_dict(self, tensors: dict[str, Tensor]) -> None:
+        self._load_mapped(dict(tensors))

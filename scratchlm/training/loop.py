@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..models.base import token_cross_entropy
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import build_optimizer, lr_at
 
@@ -245,8 +246,17 @@ def train(
 
 
 
-def causal_lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """``loss_fn`` for a model whose ``forward(idx, targets)`` returns ``(logits, loss)`` (the GPT)."""
+def causal_lm_loss(model: nn.Module, batch) -> torch.Tensor:
+    """``loss_fn`` for a causal LM under the model contract, for both batch layouts of the book.
+
+    * a dict from a collator (``input_ids``, ``attention_mask``, unshifted ``labels``): the model
+      shifts the labels itself and returns the loss;
+    * an ``(x, y)`` pair of language-model windows (nanoGPT's layout, :func:`make_lm_get_batch`),
+      where ``y`` is already ``x`` shifted by one: every position of x has a target, so the loss
+      is the cross-entropy of the model's logits against y (no position is lost to the shift).
+    """
+    if isinstance(batch, dict):
+        return model(**batch).loss
     x, y = batch  # (B, T), (B, T)
-    _, loss = model(x, targets=y)
-    return loss
+    logits = model(x).logits  # (B, T, V)
+    return token_cross_entropy(logits, y)
