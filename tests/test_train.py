@@ -15,6 +15,7 @@ from scratchlm.training import (
     TrainConfig,
     TrainHistory,
     adamw_with_decay_groups,
+    fused_adamw_available,
     load_checkpoint,
     lr_at,
     read_checkpoint_metadata,
@@ -226,6 +227,19 @@ def test_bf16_autocast_on_cpu_runs_and_history_roundtrips():
     hist = train(TinyLM(), tiny_get_batch, tiny_loss, cfg(max_steps=4, autocast="bf16", eval_every=2))
     assert all(math.isfinite(v) for v in hist.train_loss)
     assert TrainHistory.from_dict(hist.to_dict()) == hist
+
+
+# ---- fused AdamW: versions compared as versions -------------------------------------------
+@pytest.mark.parametrize("version, device, expected", [
+    ("2.13.0", "mps", True),  # the string comparison "2.13.0" >= "2.5" said False
+    ("2.10.0+cu128", "mps", True), ("2.5.0", "mps", True), ("2.5.0.dev20240801+cpu", "mps", True),
+    ("2.4.1", "mps", False), ("2.13.0", "cpu", True), ("2.3.1", "cpu", False), ("2.1.0", "cuda", True),
+    ("2.13.0", "meta", False),
+])
+def test_fused_adamw_available_compares_versions_as_versions(monkeypatch, version, device, expected):
+    monkeypatch.setattr(torch, "__version__", version)
+    assert fused_adamw_available(torch.device(device)) is expected
+    assert fused_adamw_available(device) is expected  # a device string works too
 
 
 # ---- the LM batch function -------------------------------------------------------------------
