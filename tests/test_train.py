@@ -1,4 +1,4 @@
-"""Tests for scratchlm.training and scratchlm.training.checkpoint (Chapter 06)."""
+"""Tests for the training loop, its optimizer and schedule (Chapter 06); checkpoint files: test_checkpoint.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from scratchlm.data.lm import make_lm_get_batch
@@ -16,10 +15,8 @@ from scratchlm.training import (
     TrainHistory,
     adamw_with_decay_groups,
     fused_adamw_available,
-    load_checkpoint,
     lr_at,
     read_checkpoint_metadata,
-    save_checkpoint,
     train,
 )
 
@@ -183,43 +180,6 @@ def test_resume_reproduces_uninterrupted_run_bitwise(tmp_path):
     for name, value in straight.state_dict().items():
         assert torch.equal(value, fresh.state_dict()[name]), name
     assert fresh.head.weight is fresh.wte.weight  # loading kept the tie
-
-
-def test_checkpoint_is_plain_safetensors_with_json_metadata_and_tied_weight_stored_once(tmp_path):
-    model = TinyLM()
-    opt = adamw_with_decay_groups(model.named_parameters(), learning_rate=1e-3, weight_decay=0.1,
-                                  betas=(0.9, 0.99))
-    tiny_loss(model, tiny_get_batch("train", 0)).backward()
-    opt.step()
-    path = save_checkpoint(tmp_path / "c.safetensors", model, opt, step=7, metadata={"note": "hi"})
-    with safe_open(str(path), framework="pt") as f:
-        keys = set(f.keys())
-    assert "model.wte.weight" in keys and "model.head.weight" not in keys
-    assert {"optim.0.exp_avg", "optim.0.exp_avg_sq", "rng.torch"} <= keys
-    meta = read_checkpoint_metadata(path)
-    assert meta["step"] == 7 and meta["note"] == "hi" and meta["aliases"] == {"head.weight": "wte.weight"}
-    assert not list(tmp_path.glob("*.tmp"))  # temp file renamed away
-
-    other = TinyLM()
-    opt2 = adamw_with_decay_groups(other.named_parameters(), learning_rate=1e-3, weight_decay=0.1,
-                                   betas=(0.9, 0.99))
-    load_checkpoint(path, other, opt2)
-    for name, value in model.state_dict().items():
-        assert torch.equal(value, other.state_dict()[name])
-    for p, q in zip(opt.state.values(), opt2.state.values(), strict=True):
-        assert torch.equal(p["exp_avg_sq"], q["exp_avg_sq"])
-
-
-def test_checkpoint_rejects_foreign_or_missing_files(tmp_path):
-    from safetensors.torch import save_file
-
-    with pytest.raises(ValueError, match="does not exist"):
-        read_checkpoint_metadata(tmp_path / "nope.safetensors")
-    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
-    with pytest.raises(ValueError, match="not a scratchlm checkpoint"):
-        load_checkpoint(tmp_path / "plain.safetensors", TinyLM())
-    with pytest.raises(TypeError, match="nn.Module"):
-        save_checkpoint(tmp_path / "x.safetensors", {"w": torch.zeros(1)})
 
 
 def test_bf16_autocast_on_cpu_runs_and_history_roundtrips():
