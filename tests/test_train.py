@@ -1,68 +1,41 @@
-"""Tests for scratchlm.training and scratchlm.training.checkpoint (Chapter 06)."""
+"""Tests for the training loop, its optimizer and schedule (Chapter 06).
+
+Checkpoint files: test_checkpoint.py; pre-flight checks, resume guards and distributed hooks:
+test_train_guards.py; the shared tiny model and data: tiny_training.py.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import replace
 
 import pytest
 import torch
 from safetensors import safe_open
-from torch import nn
+from tiny_training import (
+    VOCAB,
+    TinyLM,
+    assert_same_weights,
+    cfg,
+    counting_loss,
+    nan_loss_at,
+    snapshot,
+    tiny_get_batch,
+    tiny_loss,
+)
 
 from scratchlm.data.lm import make_lm_get_batch
 from scratchlm.training import (
     TrainConfig,
     TrainHistory,
     adamw_with_decay_groups,
-    load_checkpoint,
+    evaluate,
+    fused_adamw_available,
     lr_at,
     read_checkpoint_metadata,
-    save_checkpoint,
     train,
 )
-
-VOCAB, BLOCK, BATCH = 17, 8, 4
-
-
-class TinyLM(nn.Module):
-    """Embedding -> dropout -> LayerNorm -> Linear, with tied weights (like the GPT) and dropout."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.wte = nn.Embedding(VOCAB, 16)
-        self.pos = nn.Parameter(torch.randn(BLOCK, 16) * 0.02)
-        self.drop = nn.Dropout(0.3)  # makes the run depend on the torch RNG state
-        self.ln = nn.LayerNorm(16)
-        self.mix = nn.Linear(16, 16)
-        self.head = nn.Linear(16, VOCAB, bias=False)
-        self.head.weight = self.wte.weight  # tied: the checkpoint must store it once
-
-    def forward(self, x):
-        h = self.drop(self.wte(x) + self.pos[: x.shape[1]])  # (B, T, C)
-        return self.head(self.ln(h + torch.tanh(self.mix(h))))  # (B, T, V)
-
-
-def tiny_loss(model, batch):
-    x, y = batch
-    logits = model(x)  # (B, T, V)
-    return nn.functional.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
-
-
-def tiny_get_batch(split: str, index: int):
-    """Pure function of (split, index), independent of scratchlm.data.lm."""
-    g = torch.Generator().manual_seed(10_000 * (split == "val") + index)
-    data = torch.arange(200) * 7 % VOCAB  # a learnable periodic sequence
-    starts = torch.randint(0, 200 - BLOCK - 1, (BATCH,), generator=g)
-    x = torch.stack([data[s : s + BLOCK] for s in starts.tolist()])
-    y = torch.stack([data[s + 1 : s + 1 + BLOCK] for s in starts.tolist()])
-    return x, y
-
-
-def cfg(**kw) -> TrainConfig:
-    base = TrainConfig(max_steps=20, learning_rate=3e-2, min_lr=3e-3, warmup_steps=3, eval_every=5,
-                       eval_batches=2, grad_accum_steps=2, progress=False, fused=False)
-    return replace(base, **kw)
 
 
 # ---- learning-rate schedule ------------------------------------------------------------------
@@ -184,43 +157,6 @@ def test_resume_reproduces_uninterrupted_run_bitwise(tmp_path):
     assert fresh.head.weight is fresh.wte.weight  # loading kept the tie
 
 
-def test_checkpoint_is_plain_safetensors_with_json_metadata_and_tied_weight_stored_once(tmp_path):
-    model = TinyLM()
-    opt = adamw_with_decay_groups(model.named_parameters(), learning_rate=1e-3, weight_decay=0.1,
-                                  betas=(0.9, 0.99))
-    tiny_loss(model, tiny_get_batch("train", 0)).backward()
-    opt.step()
-    path = save_checkpoint(tmp_path / "c.safetensors", model, opt, step=7, metadata={"note": "hi"})
-    with safe_open(str(path), framework="pt") as f:
-        keys = set(f.keys())
-    assert "model.wte.weight" in keys and "model.head.weight" not in keys
-    assert {"optim.0.exp_avg", "optim.0.exp_avg_sq", "rng.torch"} <= keys
-    meta = read_checkpoint_metadata(path)
-    assert meta["step"] == 7 and meta["note"] == "hi" and meta["aliases"] == {"head.weight": "wte.weight"}
-    assert not list(tmp_path.glob("*.tmp"))  # temp file renamed away
-
-    other = TinyLM()
-    opt2 = adamw_with_decay_groups(other.named_parameters(), learning_rate=1e-3, weight_decay=0.1,
-                                   betas=(0.9, 0.99))
-    load_checkpoint(path, other, opt2)
-    for name, value in model.state_dict().items():
-        assert torch.equal(value, other.state_dict()[name])
-    for p, q in zip(opt.state.values(), opt2.state.values(), strict=True):
-        assert torch.equal(p["exp_avg_sq"], q["exp_avg_sq"])
-
-
-def test_checkpoint_rejects_foreign_or_missing_files(tmp_path):
-    from safetensors.torch import save_file
-
-    with pytest.raises(ValueError, match="does not exist"):
-        read_checkpoint_metadata(tmp_path / "nope.safetensors")
-    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
-    with pytest.raises(ValueError, match="not a scratchlm checkpoint"):
-        load_checkpoint(tmp_path / "plain.safetensors", TinyLM())
-    with pytest.raises(TypeError, match="nn.Module"):
-        save_checkpoint(tmp_path / "x.safetensors", {"w": torch.zeros(1)})
-
-
 def test_bf16_autocast_on_cpu_runs_and_history_roundtrips():
     torch.manual_seed(0)
     hist = train(TinyLM(), tiny_get_batch, tiny_loss, cfg(max_steps=4, autocast="bf16", eval_every=2))
@@ -244,3 +180,201 @@ def test_make_lm_get_batch_is_pure_and_shifted():
         get_batch("test", 0)
     with pytest.raises(ValueError, match="block_size"):
         make_lm_get_batch({"train": ids[:5]}, batch_size=2, block_size=6)
+
+
+# ---- fused AdamW: versions compared as versions -------------------------------------------
+@pytest.mark.parametrize("version, device, expected", [
+    ("2.13.0", "mps", True),  # the string comparison "2.13.0" >= "2.5" said False
+    ("2.10.0+cu128", "mps", True), ("2.5.0", "mps", True), ("2.5.0.dev20240801+cpu", "mps", True),
+    ("2.4.1", "mps", False), ("2.13.0", "cpu", True), ("2.3.1", "cpu", False), ("2.1.0", "cuda", True),
+    ("2.13.0", "meta", False),
+])
+def test_fused_adamw_available_compares_versions_as_versions(monkeypatch, version, device, expected):
+    monkeypatch.setattr(torch, "__version__", version)
+    assert fused_adamw_available(torch.device(device)) is expected
+    assert fused_adamw_available(device) is expected  # a device string works too
+
+
+# ---- host transfers at log intervals only --------------------------------------------------
+def test_history_reaches_the_host_every_log_every_steps_and_equals_per_step_logging():
+    """log_every=7 keeps steps on the device until steps 7, 10 (eval), 14, 20 (end), and records
+    exactly what log_every=1 records."""
+    runs = {}
+    for log_every in (1, 7):
+        torch.manual_seed(0)
+        hist = TrainHistory()
+        seen: list[tuple[int, int]] = []  # (step about to run, steps already in the history)
+
+        def get_batch(split, index, hist=hist, seen=seen):
+            if split == "train" and index % 2 == 0:
+                seen.append((index // 2, len(hist.steps)))
+            return tiny_get_batch(split, index)
+
+        train(TinyLM(), get_batch, tiny_loss, cfg(max_steps=20, eval_every=10, log_every=log_every), history=hist)
+        runs[log_every] = hist, seen
+    every, every_seen = runs[1]
+    lazy, lazy_seen = runs[7]
+    assert [n for _, n in every_seen] == list(range(20))
+    assert lazy_seen == [(s, max([0] + [f for f in (7, 10, 14) if f <= s])) for s in range(20)]
+    timing = {"train_time_s", "eval_time_s"}
+    assert {k: v for k, v in lazy.to_dict().items() if k not in timing} == \
+           {k: v for k, v in every.to_dict().items() if k not in timing}
+    assert lazy.steps == list(range(1, 21)) and len(lazy.train_loss) == len(lazy.grad_norm) == 20
+
+
+def test_log_every_must_be_positive():
+    with pytest.raises(ValueError, match="log_every"):
+        TrainConfig(log_every=0)
+
+
+# ---- evaluate restores the mode ------------------------------------------------------------
+@pytest.mark.parametrize("start_in_train_mode", [True, False])
+def test_evaluate_restores_the_mode_when_the_loss_raises(start_in_train_mode):
+    model = TinyLM().train(start_in_train_mode)
+    calls = []
+
+    def failing_loss(m, batch):
+        calls.append(m.training)
+        if len(calls) == 2:
+            raise RuntimeError("loss exploded")
+        return tiny_loss(m, batch)
+
+    with pytest.raises(RuntimeError, match="exploded"):
+        evaluate(model, tiny_get_batch, failing_loss, "val", range(4), autocast="off")
+    assert calls == [False, False]  # it did evaluate in eval mode
+    assert model.training is start_in_train_mode
+    with pytest.raises(ValueError, match="no indices"):
+        evaluate(model, tiny_get_batch, tiny_loss, "val", [], autocast="off")
+
+
+# ---- non-finite loss -----------------------------------------------------------------------
+def test_nonfinite_loss_raises_naming_the_step_with_the_weights_of_the_step_before():
+    k = 4  # the 1-based step whose loss is NaN (its second micro-batch)
+    c = cfg(max_steps=10, lr_decay_steps=20, eval_every=0)  # fixed horizon: the same lr whatever max_steps
+    torch.manual_seed(0)
+    reference = TinyLM()
+    train(reference, tiny_get_batch, tiny_loss, replace(c, max_steps=k - 1))
+    torch.manual_seed(0)
+    model = TinyLM()
+    hist = TrainHistory()
+    with pytest.raises(FloatingPointError, match=rf"non-finite loss at step {k} .*after step {k - 1}"):
+        train(model, tiny_get_batch, nan_loss_at((k - 1) * 2 + 1), c, history=hist)
+    assert_same_weights(snapshot(reference), snapshot(model))
+    assert all(p.grad is None for p in model.parameters())  # the NaN gradients were dropped
+    assert hist.steps == [1, 2, 3] and all(math.isfinite(v) for v in hist.train_loss)  # flushed on the way out
+
+
+def test_nonfinite_gradient_norm_with_a_finite_loss_also_stops():
+    def loss_fn(model, batch):  # finite value, NaN gradient: d/dx sqrt(|x|) at 0, times 0
+        loss = tiny_loss(model, batch)
+        return loss + 0.0 * torch.sqrt((model.mix.bias - model.mix.bias.detach()).abs().sum())
+
+    with pytest.raises(FloatingPointError, match="non-finite gradient norm at step 1 "):
+        train(TinyLM(), tiny_get_batch, loss_fn, cfg(eval_every=0))
+
+
+def test_nonfinite_skip_leaves_weights_and_optimizer_state_untouched(tmp_path):
+    k, A = 4, 2
+    c = cfg(max_steps=k, lr_decay_steps=20, eval_every=0, nonfinite="skip")
+    torch.manual_seed(0)
+    reference = TinyLM()
+    train(reference, tiny_get_batch, tiny_loss,
+          replace(c, max_steps=k - 1, checkpoint_path=str(tmp_path / "ref.safetensors")))
+    torch.manual_seed(0)
+    model = TinyLM()
+    hist = train(model, tiny_get_batch, nan_loss_at((k - 1) * A),
+                 replace(c, checkpoint_path=str(tmp_path / "skip.safetensors")))
+    assert hist.skipped_steps == [k] and hist.steps == [1, 2, 3, 4]
+    assert math.isnan(hist.train_loss[k - 1]) and all(math.isfinite(v) for v in hist.train_loss[: k - 1])
+    assert_same_weights(snapshot(reference), snapshot(model))
+    with safe_open(str(tmp_path / "ref.safetensors"), "pt") as f, \
+            safe_open(str(tmp_path / "skip.safetensors"), "pt") as g:
+        optim_keys = sorted(key for key in f.keys() if key.startswith("optim."))
+        assert optim_keys and optim_keys == sorted(key for key in g.keys() if key.startswith("optim."))
+        for key in optim_keys:  # AdamW's step counter and moments: as after step k - 1
+            assert torch.equal(f.get_tensor(key), g.get_tensor(key)), key
+    assert read_checkpoint_metadata(tmp_path / "skip.safetensors")["history"]["skipped_steps"] == [k]
+
+    torch.manual_seed(0)  # and training goes on after the skipped step
+    longer_model = TinyLM()
+    longer = train(longer_model, tiny_get_batch, nan_loss_at((k - 1) * A), replace(c, max_steps=12))
+    assert longer.skipped_steps == [k]
+    assert all(math.isfinite(v) for i, v in enumerate(longer.train_loss) if i != k - 1)
+    assert longer.train_loss[-1] < longer.train_loss[0]
+    assert all(torch.isfinite(p).all() for p in longer_model.parameters())
+
+
+def test_nonfinite_off_keeps_the_unchecked_behaviour():
+    model = TinyLM()
+    hist = train(model, tiny_get_batch, nan_loss_at(2), cfg(max_steps=3, eval_every=0, nonfinite="off"))
+    assert hist.steps == [1, 2, 3] and hist.skipped_steps == []
+    assert any(torch.isnan(p).any() for p in model.parameters())  # what "raise" protects against
+
+
+# ---- validate_inputs -----------------------------------------------------------------------
+class CheckedLM(TinyLM):
+    """A model with a ``validate_inputs`` that records every batch it sees and rejects bad ids."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.validated: list = []
+
+    def validate_inputs(self, batch) -> None:
+        x, _ = batch
+        if int(x.min()) < 0 or int(x.max()) >= VOCAB:
+            raise ValueError(f"token ids must lie in [0, {VOCAB}); got {int(x.min())}..{int(x.max())}")
+        self.validated.append(batch)
+
+
+def test_train_and_evaluate_validate_every_batch_once():
+    model = CheckedLM()
+    train(model, tiny_get_batch, tiny_loss, cfg(max_steps=3, eval_every=3, eval_batches=2))
+    expected = ([("train", 0), ("val", 0), ("val", 1)] + [("train", i) for i in range(1, 6)]
+                + [("val", 0), ("val", 1)])
+    assert len(model.validated) == len(expected)
+    for (x, y), (split, index) in zip(model.validated, expected, strict=True):
+        ex, ey = tiny_get_batch(split, index)
+        assert torch.equal(x, ex) and torch.equal(y, ey), (split, index)
+
+    quiet = CheckedLM()
+    train(quiet, tiny_get_batch, tiny_loss, cfg(max_steps=3, eval_every=3, validate_inputs=False))
+    assert quiet.validated == []
+
+
+def bad_ids_at(bad_index: int):
+    def get_batch(split, index):
+        x, y = tiny_get_batch(split, index)
+        if split == "train" and index == bad_index:
+            x = x.clone()
+            x[0, 0] = VOCAB  # one id past the vocabulary
+        return x, y
+    return get_batch
+
+
+def test_a_rejected_first_batch_stops_training_before_any_step():
+    model = CheckedLM()
+    before = snapshot(model)
+    loss_fn, calls = counting_loss()
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 17\)"):
+        train(model, bad_ids_at(0), loss_fn, cfg())
+    assert calls == [] and model.validated == []
+    assert_same_weights(before, snapshot(model))
+
+
+def test_a_rejected_later_batch_stops_before_its_step():
+    model = CheckedLM()
+    hist = TrainHistory()
+    with pytest.raises(ValueError, match="token ids"):
+        train(model, bad_ids_at(5), tiny_loss, cfg(eval_every=0), history=hist)  # step 3, micro-batch 2
+    assert hist.steps == [1, 2]
+    with pytest.raises(ValueError, match="token ids"):
+        evaluate(CheckedLM(), bad_ids_at(1), tiny_loss, "train", range(3), autocast="off")
+    assert evaluate(CheckedLM(), bad_ids_at(1), tiny_loss, "train", [0], autocast="off") > 0
+    with pytest.raises(IndexError):  # without the check: the embedding's cryptic error, from inside forward
+        evaluate(CheckedLM(), bad_ids_at(1), tiny_loss, "train", range(3), autocast="off", validate_inputs=False)
+
+
+def test_defaults_of_the_new_options():
+    c = TrainConfig()
+    assert (c.log_every, c.nonfinite, c.validate_inputs) == (10, "raise", True)
+    assert os.fspath(TrainConfig(checkpoint_path="a.safetensors").checkpoint_path) == "a.safetensors"

@@ -22,6 +22,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..runtime.env import env_flag
+
 DATA_ENV = "SCRATCHLM_DATA"
 CACHE_ENV = "SCRATCHLM_CACHE"
 OFFLINE_ENV = "SCRATCHLM_OFFLINE"
@@ -243,7 +245,7 @@ def dataset_path(name: str, file: str | None = None, *, download_missing: bool |
         return cached
 
     if download_missing is None:
-        download_missing = os.environ.get(OFFLINE_ENV, "") not in ("1", "true", "yes")
+        download_missing = not env_flag(OFFLINE_ENV)  # 1/true/yes/on; a typo raises, never passes as "off"
     if not download_missing:
         where = f"{Path(override).expanduser() / name} (from ${DATA_ENV}) or " if override else ""
         raise FileNotFoundError(

@@ -2,6 +2,7 @@
 (introduced in the Introduction and Chapter 01), and Chapter 01's PyTorch tools."""
 
 from .context import ChapterContext, get_device, seed_everything, setup_chapter
+from .env import env_flag
 from .plotting import plot_attention_heads, plot_heatmap, plot_loss_curves, use_book_style
 from .profiles import PROFILES, by_profile, current_profile, default_profile
 from .source import get_source, show_source
@@ -12,6 +13,7 @@ __all__ = [
     "by_profile",
     "current_profile",
     "default_profile",
+    "env_flag",
     "get_device",
     "get_source",
     "plot_attention_heads",

@@ -13,107 +13,50 @@ batches at every evaluation, so the val curve is not noisier than it must be).
 Why pure: after a resume the loop simply asks for the batches of the remaining steps. A stateful
 iterator (a shuffled DataLoader, or sampling from the global RNG) would have to be checkpointed
 too, or the resumed run would train on different data than the uninterrupted one.
+
+What the loop guards against (each raises before the harm is done):
+
+* before step 1 (:mod:`scratchlm.training.preflight`): an out-of-range or non-JSON config, a
+  checkpoint location that cannot be written, a first batch the model's ``validate_inputs``
+  rejects, and a resume whose batch shape, schedule, optimizer settings or model differ from the
+  run that wrote the checkpoint;
+* every step: a batch the model rejects (``model.validate_inputs(batch)``, outside ``forward`` so
+  that ``forward`` compiles without graph breaks), and a NaN/inf loss or gradient norm, which stops
+  the run (or skips the step) *before* ``optimizer.step()`` writes NaN into the weights.
+
+Host syncs: the per-step loss and gradient norm stay on the device and are copied to the history in
+one transfer every ``log_every`` steps (and before evaluations, saves and the end), so the GPU is
+not stalled waiting for the CPU each step. The non-finite check is the one per-step sync left
+(``nonfinite="off"`` removes it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..errors import CheckpointError
 from ..models.base import token_cross_entropy
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
+from .config import TrainConfig, TrainHistory
+from .distributed import all_ranks_ok, grad_sync_context, is_main_process, unwrap_model
 from .optim import build_optimizer, lr_at
+from .preflight import (
+    check_checkpoint_writable,
+    check_config_json,
+    fingerprint_differences,
+    training_fingerprint,
+)
 
-
-@dataclass
-class TrainConfig:
-    """Everything the loop needs; defaults are nanoGPT's Shakespeare-char CPU recipe."""
-
-    max_steps: int = 2000  # optimizer steps in total (a resumed run continues up to this)
-    learning_rate: float = 1e-3  # peak learning rate, reached at the end of warm-up
-    min_lr: float = 1e-4  # floor the cosine decays to (nanoGPT: learning_rate / 10)
-    warmup_steps: int = 100  # linear warm-up from ~0 to learning_rate
-    lr_decay_steps: int | None = None  # step where the cosine reaches min_lr (None: max_steps)
-    weight_decay: float = 0.1  # AdamW decoupled weight decay, matrices only (see param groups)
-    beta1: float = 0.9  # AdamW first-moment decay
-    beta2: float = 0.99  # AdamW second-moment decay (0.99 for small-batch char models)
-    eps: float = 1e-8  # AdamW denominator epsilon
-    grad_clip: float = 1.0  # clip the global gradient norm to this; 0 disables clipping
-    grad_accum_steps: int = 1  # micro-batches per optimizer step (effective batch = A * batch)
-    eval_every: int = 250  # evaluate after every this many steps (and after the last); 0: never
-    eval_batches: int = 20  # validation batches averaged per evaluation
-    eval_train: bool = False  # also measure train loss on eval_batches held-out train batches
-    eval_at_start: bool = True  # evaluate once before the first step (the untrained model)
-    autocast: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU/MPS
-    compile: bool = False  # torch.compile the model (pays off for long runs)
-    fused: bool | None = None  # fused AdamW kernel; None: use it when the device supports it
-    checkpoint_path: str | None = None  # where to save; None: no checkpoints
-    checkpoint_every: int = 0  # save after every this many steps (and after the last); 0: last only
-    resume: bool = False  # continue from checkpoint_path if the file exists
-    progress: bool = True  # tqdm progress bar
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored in checkpoints
-
-    def __post_init__(self) -> None:
-        ints = {"max_steps": 1, "warmup_steps": 0, "grad_accum_steps": 1, "eval_every": 0,
-                "eval_batches": 1, "checkpoint_every": 0}
-        for name, low in ints.items():
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"TrainConfig.{name} must be an int >= {low}; got {value!r}")
-        if self.lr_decay_steps is not None and self.lr_decay_steps <= self.warmup_steps:
-            raise ValueError(f"TrainConfig.lr_decay_steps must exceed warmup_steps={self.warmup_steps}; "
-                             f"got {self.lr_decay_steps}")
-        if not (self.learning_rate > 0 and 0 <= self.min_lr <= self.learning_rate):
-            raise ValueError(f"TrainConfig needs learning_rate > 0 and 0 <= min_lr <= learning_rate; "
-                             f"got learning_rate={self.learning_rate}, min_lr={self.min_lr}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError(f"TrainConfig betas must lie in [0, 1); got {self.beta1}, {self.beta2}")
-        if self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError(f"TrainConfig.grad_clip and weight_decay must be >= 0; "
-                             f"got {self.grad_clip}, {self.weight_decay}")
-        if self.autocast not in ("auto", "bf16", "off"):
-            raise ValueError(f"TrainConfig.autocast must be 'auto', 'bf16' or 'off'; got {self.autocast!r}")
-        if self.resume and self.checkpoint_path is None:
-            raise ValueError("TrainConfig.resume=True needs a checkpoint_path")
-
-
-@dataclass
-class TrainHistory:
-    """What happened during training; ``scratchlm.plot_loss_curves(history.curves())`` draws it."""
-
-    steps: list[int] = field(default_factory=list)  # 1-based count of optimizer steps done
-    train_loss: list[float] = field(default_factory=list)  # mean micro-batch loss of that step
-    lr: list[float] = field(default_factory=list)  # learning rate used by that step
-    grad_norm: list[float] = field(default_factory=list)  # global grad norm before clipping
-    eval_steps: list[int] = field(default_factory=list)  # steps done when an evaluation ran
-    val_loss: list[float] = field(default_factory=list)  # mean loss over eval_batches val batches
-    eval_train_loss: list[float] = field(default_factory=list)  # same on held-out train batches
-    train_time_s: float = 0.0  # wall seconds spent in training steps (not evaluation)
-    eval_time_s: float = 0.0  # wall seconds spent evaluating
-
-    def curves(self) -> dict[str, tuple[list[int], list[float]]]:
-        """Named (steps, losses) pairs for :func:`scratchlm.plot_loss_curves`."""
-        out = {"train (per step)": (self.steps, self.train_loss)}
-        if self.eval_train_loss:
-            out["train (eval batches)"] = (self.eval_steps, self.eval_train_loss)
-        if self.val_loss:
-            out["validation"] = (self.eval_steps, self.val_loss)
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainHistory:
-        return cls(**data)
-
+__all__ = ["TrainConfig", "TrainHistory", "autocast_context", "causal_lm_loss", "evaluate", "train"]
 
 
 def autocast_context(device: torch.device, mode: str) -> contextlib.AbstractContextManager:
@@ -135,19 +78,85 @@ def _model_device(model: nn.Module) -> torch.device:
         raise ValueError("train() needs a model with parameters") from None
 
 
+def _input_validator(model: nn.Module, enabled: bool) -> Callable[[Any], Any] | None:
+    """The (unwrapped) model's ``validate_inputs`` method, if it has one and checks are enabled."""
+    if not enabled:
+        return None
+    check = getattr(unwrap_model(model), "validate_inputs", None)
+    return check if callable(check) else None
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, get_batch: Callable, loss_fn: Callable, split: str, indices: Iterable[int],
-             *, autocast: str = "auto") -> float:
-    """Mean of ``loss_fn(model, get_batch(split, i))`` over ``indices``, in eval mode, no gradients."""
+             *, autocast: str = "auto", validate_inputs: bool = True) -> float:
+    """Mean of ``loss_fn(model, get_batch(split, i))`` over ``indices``, in eval mode, no gradients.
+
+    Each batch first goes through ``model.validate_inputs`` when the model has one (and
+    ``validate_inputs`` is true). The model's train/eval mode is restored even if a batch or the
+    loss raises, so a failed evaluation does not leave dropout switched off for the training after.
+    """
     was_training = model.training
-    model.eval()
     device = _model_device(model)
+    check = _input_validator(model, validate_inputs)
     losses = []
-    for i in indices:
-        with autocast_context(device, autocast):
-            losses.append(loss_fn(model, get_batch(split, i)).float())
-    model.train(was_training)
-    return torch.stack(losses).mean().item()
+    model.eval()
+    try:
+        for i in indices:
+            batch = get_batch(split, i)
+            if check is not None:
+                check(batch)
+            with autocast_context(device, autocast):
+                losses.append(loss_fn(model, batch).float())  # ()
+    finally:
+        model.train(was_training)
+    if not losses:
+        raise ValueError("evaluate() got no indices to evaluate")
+    return torch.stack(losses).mean().item()  # (n,) -> float
+
+
+def _grad_norm(params: list[nn.Parameter], grad_clip: float, device: torch.device) -> torch.Tensor:
+    """Global L2 norm of the gradients before clipping (clipping them to ``grad_clip`` when > 0)."""
+    if grad_clip > 0:
+        return torch.nn.utils.clip_grad_norm_(params, grad_clip)  # ()
+    # Still report the norm without clipping: it is the best early warning of a diverging run.
+    norms = [p.grad.norm() for p in params if p.grad is not None]
+    if not norms:
+        return torch.zeros((), device=device)
+    return torch.linalg.vector_norm(torch.stack(norms))  # (n,) -> ()
+
+
+def _resume(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, fingerprint: dict[str, Any],
+            history: TrainHistory) -> int:
+    """Load ``cfg.checkpoint_path`` after checking it belongs to this run; return its step."""
+    path = cfg.checkpoint_path
+    doc = read_checkpoint_metadata(path)  # header only: refuse before any tensor is read
+    for key in ("history", "fingerprint"):
+        if key not in doc:
+            raise CheckpointError(path, f"metadata field {key!r} missing: train(resume=True) needs a checkpoint "
+                                        f"that train() wrote, not one from save_checkpoint() alone")
+    differences = fingerprint_differences(doc["fingerprint"], fingerprint)
+    if differences:
+        raise ValueError(f"refusing to resume from {path}: this run differs from the one that wrote it\n  "
+                         + "\n  ".join(differences)
+                         + "\nRestore these settings, or start a new run (another checkpoint_path, or resume=False).")
+    if doc["step"] > cfg.max_steps:
+        raise ValueError(f"refusing to resume from {path}: it is at step {doc['step']}, past "
+                         f"TrainConfig.max_steps={cfg.max_steps}")
+    try:
+        restored = TrainHistory.from_dict(doc["history"])
+    except TypeError as exc:
+        raise CheckpointError(path, f"metadata field 'history' is malformed: {exc}") from exc
+    doc = load_checkpoint(path, model, optimizer)
+    for name, value in restored.to_dict().items():
+        setattr(history, name, value)
+    return doc["step"]
+
+
+def _nonfinite_message(done: int, loss: float, norm: float) -> str:
+    what = "loss" if not math.isfinite(loss) else "gradient norm"
+    return (f"non-finite {what} at step {done} (mean loss {loss}, grad norm {norm}); the update was not applied, "
+            f"so the parameters are those after step {done - 1}. Lower learning_rate, lengthen warm-up or check "
+            f"the batch; TrainConfig.nonfinite='skip' skips such steps instead of stopping")
 
 
 def train(
@@ -164,6 +173,11 @@ def train(
     backward(loss_a / A) (so gradients are the mean over micro-batches); clip ‖g‖₂ ≤ grad_clip;
     AdamW step. With ``cfg.resume`` and an existing checkpoint the model, optimizer, RNG states,
     step and history are restored first and the loop continues where it stopped.
+
+    ``model`` may be wrapped for data parallelism (DDP, FSDP2): micro-batches before the last of a
+    step run without gradient sync, and only rank 0 shows progress and writes checkpoints (see
+    :mod:`scratchlm.training.distributed`). A ``history`` passed in holds every completed step even
+    when training stops with an error.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"train() expects an nn.Module; got {type(model).__name__}")
@@ -173,75 +187,119 @@ def train(
         raise TypeError(f"train() expects a TrainConfig; got {type(cfg).__name__}")
     from tqdm.auto import tqdm
 
-    device = _model_device(model)
+    # ---- pre-flight: everything that can be checked before step 1 --------------------------------
+    cfg.check()  # fields may have been reassigned since construction
+    check_config_json(cfg)
+    main = is_main_process()
+    if cfg.checkpoint_path and main:
+        check_checkpoint_writable(cfg.checkpoint_path)
+    core = unwrap_model(model)  # the module whose parameters, config and checkpoints we use
+    device = _model_device(core)
+    check_inputs = _input_validator(core, cfg.validate_inputs)
+    first = get_batch("train", 0)  # step 1's first micro-batch (pure: the same batch on every resume)
+    if check_inputs is not None:
+        check_inputs(first)
+    fingerprint = training_fingerprint(cfg, first, core)
     history = history if history is not None else TrainHistory()
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(core, cfg)
     start = 0
     if cfg.resume and Path(cfg.checkpoint_path).is_file():
-        doc = load_checkpoint(cfg.checkpoint_path, model, optimizer)
-        start = doc["step"]
-        restored = TrainHistory.from_dict(doc["history"])
-        for name, value in restored.to_dict().items():
-            setattr(history, name, value)
-    runner = torch.compile(model) if cfg.compile else model  # checkpoints always use `model`
+        start = _resume(cfg, core, optimizer, fingerprint, history)  # restores the RNGs: after get_batch
+    runner = torch.compile(model) if cfg.compile else model  # checkpoints always use `core`
     A = cfg.grad_accum_steps
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in core.parameters() if p.requires_grad]
+    pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []  # (step, lr, loss sum, norm) not yet logged
+
+    def flush() -> None:
+        """Copy the pending steps' losses and norms to the history in one device-to-host transfer."""
+        if not pending:
+            return
+        values = torch.stack([torch.stack([loss, norm.float()]) for _, _, loss, norm in pending]).tolist()  # (k, 2)
+        for (done, lr, _, _), (loss_sum, norm) in zip(pending, values, strict=True):
+            history.steps.append(done)
+            history.train_loss.append(loss_sum / A)  # divided on the host: the same float as .item() / A
+            history.lr.append(lr)
+            history.grad_norm.append(norm)
+        pending.clear()
 
     def run_eval(done: int) -> None:
         t0 = time.perf_counter()
         history.eval_steps.append(done)
         history.val_loss.append(evaluate(runner, get_batch, loss_fn, "val", range(cfg.eval_batches),
-                                         autocast=cfg.autocast))
+                                         autocast=cfg.autocast, validate_inputs=cfg.validate_inputs))
         if cfg.eval_train:  # indices past the last training micro-batch: batches never trained on
-            first = cfg.max_steps * A
+            first_unused = cfg.max_steps * A
             history.eval_train_loss.append(evaluate(runner, get_batch, loss_fn, "train",
-                                                    range(first, first + cfg.eval_batches),
-                                                    autocast=cfg.autocast))
+                                                    range(first_unused, first_unused + cfg.eval_batches),
+                                                    autocast=cfg.autocast, validate_inputs=cfg.validate_inputs))
         history.eval_time_s += time.perf_counter() - t0
 
     def save(done: int) -> None:
-        save_checkpoint(cfg.checkpoint_path, model, optimizer, step=done,
-                        metadata={"history": history.to_dict(), "config": asdict(cfg)})
+        save_checkpoint(cfg.checkpoint_path, core, optimizer, step=done,
+                        metadata={"history": history.to_dict(), "config": asdict(cfg), "fingerprint": fingerprint})
 
     if start == 0 and cfg.eval_at_start and cfg.eval_every:
         run_eval(0)
     model.train()
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps,
-               disable=not cfg.progress, desc="train", mininterval=0.5)
-    for step in bar:
-        t0 = time.perf_counter()
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(A):
-            batch = get_batch("train", step * A + micro)
-            with autocast_context(device, cfg.autocast):
-                loss = loss_fn(runner, batch)
-            (loss / A).backward()
-            loss_sum += loss.detach().float()
-        if cfg.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        else:  # still report the norm: it is the best early warning of a diverging run
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        history.steps.append(done)
-        history.train_loss.append(loss_sum.item() / A)
-        history.lr.append(lr)
-        history.grad_norm.append(float(norm))
-        history.train_time_s += time.perf_counter() - t0
-        if cfg.progress and (done % 10 == 0 or done == cfg.max_steps):
-            bar.set_postfix(loss=f"{history.train_loss[-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
-        if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.max_steps):
-            run_eval(done)
-            if cfg.progress:
-                bar.set_postfix(loss=f"{history.train_loss[-1]:.4f}", val=f"{history.val_loss[-1]:.4f}")
-        if cfg.checkpoint_path and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
-                                    or done == cfg.max_steps):
-            save(done)
-    bar.close()
+               disable=not (cfg.progress and main), desc="train", mininterval=0.5)
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)  # ()
+            for micro in range(A):
+                index = step * A + micro
+                if index == 0:
+                    batch, first = first, None  # fetched and validated in the pre-flight
+                else:
+                    batch = get_batch("train", index)
+                    if check_inputs is not None:
+                        check_inputs(batch)
+                # DDP/FSDP: no gradient all-reduce until the last micro-batch of the step.
+                with grad_sync_context(model, sync=micro == A - 1):
+                    with autocast_context(device, cfg.autocast):
+                        loss = loss_fn(runner, batch)  # ()
+                    (loss / A).backward()
+                loss_sum += loss.detach().float()
+            norm = _grad_norm(params, cfg.grad_clip, device)  # ()
+            done = step + 1
+            apply = True
+            if cfg.nonfinite != "off":
+                # The one host sync per step: whether to apply the update must be known before
+                # optimizer.step() writes it into the weights. AND-ed over ranks so all decide alike.
+                if not bool(all_ranks_ok(torch.isfinite(loss_sum) & torch.isfinite(norm))):
+                    if cfg.nonfinite == "raise":
+                        optimizer.zero_grad(set_to_none=True)
+                        raise FloatingPointError(_nonfinite_message(done, loss_sum.item() / A, float(norm)))
+                    apply = False
+                    history.skipped_steps.append(done)
+            if apply:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            pending.append((done, lr, loss_sum, norm))
+            last = done == cfg.max_steps
+            evaluating = bool(cfg.eval_every) and (done % cfg.eval_every == 0 or last)
+            saving = bool(cfg.checkpoint_path) and main and (
+                (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or last)
+            if done % cfg.log_every == 0 or evaluating or saving or last:
+                flush()
+                if main and cfg.progress:
+                    bar.set_postfix(loss=f"{history.train_loss[-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
+            history.train_time_s += time.perf_counter() - t0
+            if evaluating:
+                run_eval(done)
+                if main and cfg.progress:
+                    bar.set_postfix(loss=f"{history.train_loss[-1]:.4f}", val=f"{history.val_loss[-1]:.4f}")
+            if saving:
+                save(done)
+    finally:
+        bar.close()
+        if pending:  # stopped by an error: keep the completed steps, but never hide that error
+            with contextlib.suppress(Exception):
+                flush()
     return history
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.torch_version import TorchVersion
 
 if TYPE_CHECKING:
     from .loop import TrainConfig
@@ -39,11 +40,22 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
-def fused_adamw_available(device: torch.device) -> bool:
-    """Whether this PyTorch has a fused AdamW kernel for ``device`` (CUDA; CPU since PyTorch 2.4)."""
+# First PyTorch release with a fused AdamW kernel per device type. ".dev0" makes every build of that
+# release count (nightlies "2.5.0.dev20240801", source builds "2.5.0a0+git...").
+_FUSED_ADAMW_SINCE = {"cuda": "2.0.0.dev0", "cpu": "2.4.0.dev0", "mps": "2.5.0.dev0"}
+
+
+def fused_adamw_available(device: torch.device | str) -> bool:
+    """Whether this PyTorch has a fused AdamW kernel for ``device`` (CUDA; CPU since 2.4; MPS since 2.5).
+
+    Versions are compared as versions (``TorchVersion``), not as strings: as strings
+    ``"2.13.0" >= "2.5"`` is False, which once kept fused AdamW off on every Apple GPU.
+    """
+    device = torch.device(device)
     if "fused" not in inspect.signature(torch.optim.AdamW).parameters:
         return False
-    return device.type in ("cuda", "cpu") or (device.type == "mps" and torch.__version__ >= "2.5")
+    since = _FUSED_ADAMW_SINCE.get(device.type)
+    return since is not None and TorchVersion(torch.__version__) >= since
 
 
 def adamw_with_decay_groups(
