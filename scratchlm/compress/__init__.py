@@ -1,4 +1,4 @@
-"""Compression (Chapter 12): quantization from scratch and pruning.
+"""Compression (Chapter 12): quantization from scratch, pruning and distillation.
 
 * ``quantize`` — :func:`quantize` / :func:`dequantize` (symmetric or asymmetric; per tensor, channel
   or group), packed int4 storage (:func:`pack_int4`, :func:`unpack_int4`).
@@ -7,12 +7,14 @@
 * ``convert`` — :func:`quantize_model` swaps every ``nn.Linear``; :func:`size_bytes` counts storage.
 * ``analysis`` — weight and output error vs bits and group size.
 * ``prune`` — magnitude pruning with masks, structured FFN-neuron pruning.
+* ``distill`` — the Hinton et al. (2015) distillation loss.
 
 Introduced in Chapter 12.
 """
 
 from .analysis import bits_per_weight, error_sweep, output_error, weight_error
 from .convert import QuantizationReport, QuantizeConfig, quantize_model, size_bytes
+from .distill import distillation_loss
 from .prune import (
     PrunedPair,
     SparsityReport,
@@ -42,6 +44,7 @@ __all__ = [
     "bits_per_weight",
     "code_range",
     "dequantize",
+    "distillation_loss",
     "error_sweep",
     "global_magnitude_masks",
     "int8_matmul",
