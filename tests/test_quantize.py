@@ -19,6 +19,7 @@ Against libraries (with the same data):
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -434,7 +435,8 @@ def test_weight_error_sqnr_gains_about_6_db_per_bit():
     w = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
     e8, e4 = weight_error(w, 8), weight_error(w, 4)
     assert e8["max_abs_over_half_scale"] <= 1 + 1e-5 and e4["max_abs_over_half_scale"] <= 1 + 1e-5
-    assert 22 < e8["sqnr_db"] - e4["sqnr_db"] < 26  # 4 bits × 6.02 dB
+    # noise power ∝ s² and s ∝ 1/(2^(b−1) − 1): 8 → 4 bits costs 20·log10(127/7) = 25.2 dB (≈ 6 dB per bit)
+    assert e8["sqnr_db"] - e4["sqnr_db"] == pytest.approx(20 * math.log10(127 / 7), abs=0.5)
     assert e8["rel_fro"] < e4["rel_fro"]
 
 

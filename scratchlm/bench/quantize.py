@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import os
 import statistics
 import time
 import warnings
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args(argv)
+    load_before = _load()
     rows = benchmark_quantize(d=args.d, d_ff=args.d_ff, batches=tuple(args.batch), threads=tuple(args.threads),
                               warmup=args.warmup, repeats=args.repeats)
     try:
@@ -216,8 +218,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"quantized engine {torch.backends.quantized.engine}")
     print(f"time: median of {args.repeats} round-robin rounds after {args.warmup} warm-up rounds, eager, "
           "inference_mode; 'vs fp32' = fp32 time / method time (> 1 is faster)")
+    print(f"machine: {os.cpu_count()} CPUs, 1-min load average {load_before} before and {_load()} after the run "
+          "(a load above the thread count means other processes competed for the cores)")
     print(format_table(rows))
     return [asdict(r) for r in rows]
+
+
+def _load() -> str:
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a"
 
 
 if __name__ == "__main__":
