@@ -156,7 +156,11 @@ class DynamicInt8Linear(nn.Module):
     (:func:`int8_matmul`), and the two scales are applied to the int32 result. Per-token scales
     follow outlier tokens; a per-tensor scale lets one large activation coarsen every token.
     ``full_range=True`` uses the torchao / ``torch.ao`` code range for weights and activations
-    (s = max|·|/127.5, codes in [−128, 127]). Introduced in Chapter 12.
+    (s = max|·|/127.5, codes in [−128, 127]); per-token activations then give torchao's
+    ``Int8DynamicActivationInt8WeightConfig`` bit for bit. PyTorch's older
+    ``torch.ao.quantization.quantize_dynamic`` (deprecated, to be removed in favour of torchao) does
+    the same job with per-tensor weights and per-tensor asymmetric activations, 7-bit on x86
+    (fbgemm's ``reduce_range``). Introduced in Chapter 12.
     """
 
     def __init__(self, weight_codes: Tensor, weight_scale: Tensor, bias: Tensor | None = None, *,
