@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import random
@@ -60,6 +61,19 @@ class ChapterContext:
     seed: int  # the seed every random generator got
 
 
+# Loggers of libraries whose import-time warnings are noise for a reader: torchao (imported by
+# transformers when installed) reports its optional CUDA kernels missing on a CPU build, and registers
+# Enum types the way torch 2.13's pytree warns about. Harmless, but the website build treats any
+# stderr output of a cell as an error.
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def quiet_library_warnings() -> None:
+    """Raise the level of :data:`QUIET_LOGGERS` to ERROR (real errors still show)."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def setup_chapter(chapter: str, *, seed: int = 1337, quiet: bool = False) -> ChapterContext:
     """Seed everything, pick the device and profile, and print them with the library versions."""
     from .plotting import use_book_style  # matplotlib is heavy; only chapters need it
@@ -68,6 +82,7 @@ def setup_chapter(chapter: str, *, seed: int = 1337, quiet: bool = False) -> Cha
     device = get_device()
     seed_everything(seed)
     use_book_style()
+    quiet_library_warnings()
     if profile == "smoke" and device.type == "cpu":
         # Smoke models are tiny: a second thread buys nothing, and on a busy machine (CI, a shared
         # laptop) OpenMP threads waiting for each other run many times slower than one thread.
