@@ -26,6 +26,7 @@ from .lm import (
 )
 from .mlm import MLMCollator, NSPExample, build_nsp_pairs, encode_pair, mask_tokens
 from .registry import (
+    MINILM,
     REGISTRY,
     DatasetInfo,
     RemoteFile,
@@ -45,6 +46,7 @@ from .span_corruption import (
 
 __all__ = [
     "CONLLU_SPLITS",
+    "MINILM",
     "REGISTRY",
     "STSB_SPLITS",
     "UPOS_TAGS",
