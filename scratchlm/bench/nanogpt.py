@@ -178,7 +178,7 @@ def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def prepare_data(root: Path, input_text: str | os.PathLike | None, python: str | os.PathLike,
+def prepare_shakespeare_char(root: Path, input_text: str | os.PathLike | None, python: str | os.PathLike,
                  timeout: float | None) -> float | None:
     """Run prepare.py if train.bin/val.bin/meta.pkl are missing; returns its seconds (None: not needed).
 
@@ -244,7 +244,7 @@ def run_nanogpt(
         raise ValueError(f"threads must be an int >= 1 or None; got {threads!r}")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds or None; got {timeout!r}")
-    prepare_seconds = prepare_data(root, input_text, python, timeout)
+    prepare_seconds = prepare_shakespeare_char(root, input_text, python, timeout)
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if threads is not None:
