@@ -4,8 +4,8 @@
   computed with matrix products only (no SVD), in a few odd-polynomial Newton–Schulz steps.
 * :class:`Muon`: a ``torch.optim.Optimizer`` for 2-D parameters: momentum with Nesterov look-ahead,
   the update orthogonalised, scaled by the matrix's shape, plus decoupled weight decay.
-* :func:`build_muon_adamw` → :class:`MuonAdamW`: Muon for the hidden matrices, AdamW for the
-  embeddings, the output head, the biases and the norm gains, stepped together by one loop.
+* :func:`build_muon_adamw` → :class:`MuonAdamW`: one optimizer; Muon for the hidden matrices,
+  AdamW for the embeddings, the output head, the biases and the norm gains.
 
 Why orthogonalise: the gradient of a weight matrix in a transformer is nearly low-rank; a few
 directions dominate it, and SGD or Adam spend almost the whole step on them. Replacing the update
@@ -23,8 +23,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
-from .optim import fused_adamw_available
 
 QUINTIC_COEFFICIENTS = (3.4260, -4.7619, 2.1369)  # (a, b, c): fast; singular values end in [0.8, 1.2]
 CUBIC_COEFFICIENTS = (1.5, -0.5, 0.0)  # the classic iteration: slow; converges to exactly 1
@@ -174,25 +172,53 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, mu, decay = group["lr"], group["momentum"], group["weight_decay"]
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad  # (m, n)
-                if grad.is_sparse:
-                    raise TypeError("Muon does not support sparse gradients")
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(grad)  # (m, n)
-                buf = state["momentum_buffer"]
-                buf.mul_(mu).add_(grad)  # (m, n) v ← μ v + G
-                update = grad.add(buf, alpha=mu) if group["nesterov"] else buf  # (m, n)
-                ortho = newton_schulz_orthogonalize(update, group["ns_steps"], coefficients=self.coefficients,
-                                                    dtype=self.ns_dtype)  # (m, n) ≈ U Vᵀ
-                if decay != 0:
-                    p.mul_(1.0 - lr * decay)  # (m, n) decoupled weight decay
-                p.add_(ortho, alpha=-lr * muon_update_scale(p.size(0), p.size(1)))  # (m, n)
+                if p.grad is not None:
+                    muon_update(p, self.state[p], group, group["lr"], self.coefficients, self.ns_dtype)
         return loss
+
+
+def muon_update(p: torch.Tensor, state: dict[str, Any], group: dict[str, Any], lr: float,
+                coefficients: tuple[float, float, float], ns_dtype: torch.dtype) -> None:
+    """Muon's step for one matrix (see :class:`Muon`): momentum, orthogonalise, scale, decay."""
+    grad = p.grad  # (m, n)
+    if grad.is_sparse:
+        raise TypeError("Muon does not support sparse gradients")
+    if "momentum_buffer" not in state:
+        state["momentum_buffer"] = torch.zeros_like(grad)  # (m, n)
+    buf, mu = state["momentum_buffer"], group["momentum"]
+    buf.mul_(mu).add_(grad)  # (m, n) v ← μ v + G
+    update = grad.add(buf, alpha=mu) if group["nesterov"] else buf  # (m, n)
+    ortho = newton_schulz_orthogonalize(update, group["ns_steps"], coefficients=coefficients,
+                                        dtype=ns_dtype)  # (m, n) ≈ U Vᵀ
+    if group["weight_decay"] != 0:
+        p.mul_(1.0 - lr * group["weight_decay"])  # (m, n) decoupled weight decay
+    p.add_(ortho, alpha=-lr * muon_update_scale(p.size(0), p.size(1)))  # (m, n)
+
+
+def adamw_update(p: torch.Tensor, state: dict[str, Any], group: dict[str, Any], lr: float) -> None:
+    """AdamW's step for one tensor (Loshchilov & Hutter), written out; torch.optim.AdamW is the reference.
+
+    t ← t + 1;  W ← W (1 − lr·λ);  m ← β₁ m + (1 − β₁) g;  v ← β₂ v + (1 − β₂) g²;
+    W ← W − lr · (m / (1 − β₁ᵗ)) / (√(v / (1 − β₂ᵗ)) + ε)
+    """
+    grad = p.grad  # same shape as p
+    if grad.is_sparse:
+        raise TypeError("AdamW here does not support sparse gradients")
+    if "step" not in state:
+        state["step"] = torch.tensor(0.0)  # on the CPU: reading it never waits for an accelerator
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    beta1, beta2 = group["betas"]
+    state["step"] += 1
+    t = state["step"].item()
+    if group["weight_decay"] != 0:
+        p.mul_(1.0 - lr * group["weight_decay"])
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    m.lerp_(grad, 1.0 - beta1)  # m ← β₁ m + (1 − β₁) g
+    v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)  # v ← β₂ v + (1 − β₂) g²
+    denom = (v.sqrt() / math.sqrt(1.0 - beta2**t)).add_(group["eps"])
+    p.addcdiv_(m, denom, value=-lr / (1.0 - beta1**t))
 
 
 # Parameters that stay with AdamW even when 2-D: embedding tables and output heads, by name.
@@ -243,98 +269,78 @@ def split_parameters(
     return groups
 
 
-class MuonAdamW:
-    """Two optimizers stepped as one: :class:`Muon` for the hidden matrices, AdamW for the rest.
+class MuonAdamW(torch.optim.Optimizer):
+    """One optimizer, two update rules: groups with ``use_muon`` get :class:`Muon`'s, the rest AdamW's.
 
-    It offers what a training loop uses: ``step``, ``zero_grad``, ``param_groups`` (Muon's groups,
-    then AdamW's; setting ``group["lr"]`` changes that group), ``state``, ``state_dict`` and
-    ``load_state_dict``. Every group may carry ``lr_scale``: the rate used is ``group["lr"] ×
-    group["lr_scale"]``, so a loop that writes the same scheduled lr into every group (as the book's
-    loop does) drives Muon at, e.g., 20× AdamW's rate with one schedule. ``state_dict`` has the
-    layout of a single PyTorch optimizer (parameters numbered 0.. across Muon's groups, then
-    AdamW's), so :func:`scratchlm.training.save_checkpoint` stores it unchanged. Introduced in Chapter 06.
+    One ``torch.optim.Optimizer``, so a training loop, ``state_dict``/``load_state_dict`` and
+    :func:`scratchlm.training.save_checkpoint` treat it like any other. Every group may carry
+    ``lr_scale``: the rate used is ``group["lr"] × group["lr_scale"]``, so a loop that writes the same
+    scheduled lr into every group (as the book's loop does) drives Muon at, e.g., 20× AdamW's rate
+    with one schedule. Muon groups use ``momentum``, ``nesterov``, ``ns_steps``; AdamW groups
+    ``betas`` and ``eps``; both ``weight_decay`` (decoupled). AdamW is written out in
+    :func:`adamw_update` (a loop over tensors, not PyTorch's fused kernel: here it only updates the
+    embeddings, the head and the vectors). Introduced in Chapter 06.
     """
 
-    def __init__(self, muon: Muon, adamw: torch.optim.Optimizer) -> None:
-        if not isinstance(muon, Muon):
-            raise TypeError(f"muon must be a Muon optimizer; got {type(muon).__name__}")
-        if not isinstance(adamw, torch.optim.Optimizer):
-            raise TypeError(f"adamw must be a torch.optim.Optimizer; got {type(adamw).__name__}")
-        self.muon = muon
-        self.adamw = adamw
-        self.optimizers = (muon, adamw)
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        *,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        betas: tuple[float, float] = (0.9, 0.99),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        coefficients: tuple[float, float, float] = QUINTIC_COEFFICIENTS,
+        ns_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if not lr >= 0:
+            raise ValueError(f"lr must be >= 0; got {lr!r}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1); got {momentum!r}")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1); got {betas!r}")
+        if not eps >= 0 or not weight_decay >= 0:
+            raise ValueError(f"eps and weight_decay must be >= 0; got {eps!r}, {weight_decay!r}")
+        if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1:
+            raise ValueError(f"ns_steps must be an int >= 1; got {ns_steps!r}")
+        self.coefficients = tuple(float(x) for x in coefficients)
+        self.ns_dtype = ns_dtype
+        defaults = dict(lr=lr, lr_scale=1.0, use_muon=False, momentum=momentum, nesterov=bool(nesterov),
+                        ns_steps=ns_steps, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        super().__init__(params, defaults)
 
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return [group for opt in self.optimizers for group in opt.param_groups]
-
-    @property
-    def state(self) -> dict[torch.Tensor, dict[str, Any]]:
-        return {**self.muon.state, **self.adamw.state}
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; a ``use_muon`` group must hold 2-D matrices only."""
+        params = _tensors(param_group["params"])
+        if param_group.get("use_muon", self.defaults["use_muon"]):
+            for index, item in enumerate(params):
+                name, tensor = item if isinstance(item, tuple) else (None, item)
+                if isinstance(tensor, torch.Tensor) and tensor.ndim != 2:
+                    label = f"parameter {name!r}" if name else f"parameter {index} of the group"
+                    raise ValueError(f"a use_muon group takes 2-D weight matrices only; {label} has shape "
+                                     f"{tuple(tensor.shape)} ({tensor.ndim}-D)")
+        super().add_param_group({**param_group, "params": params})
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        """Step both optimizers, each group at lr × lr_scale; returns the closure's loss."""
+        """Update every parameter that has a gradient at lr × lr_scale; returns the closure's loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        groups = self.param_groups
-        scheduled = [group["lr"] for group in groups]
-        try:
-            for group, lr in zip(groups, scheduled, strict=True):
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            for opt in self.optimizers:
-                opt.step()
-        finally:
-            for group, lr in zip(groups, scheduled, strict=True):
-                group["lr"] = lr  # the loop sees the value it wrote
+        for group in self.param_groups:
+            lr = group["lr"] * group["lr_scale"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if group["use_muon"]:
+                    muon_update(p, self.state[p], group, lr, self.coefficients, self.ns_dtype)
+                else:
+                    adamw_update(p, self.state[p], group, lr)
         return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict[str, Any]:
-        """One PyTorch-style state dict: ``{"state": {index: ...}, "param_groups": [...]}``."""
-        state: dict[int, Any] = {}
-        groups: list[dict[str, Any]] = []
-        offset = 0
-        for opt in self.optimizers:
-            sd = opt.state_dict()
-            state.update({index + offset: value for index, value in sd["state"].items()})
-            groups += [{**g, "params": [i + offset for i in g["params"]]} for g in sd["param_groups"]]
-            offset += sum(len(g["params"]) for g in sd["param_groups"])
-        return {"state": state, "param_groups": groups}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (same model, same parameter split)."""
-        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
-            raise ValueError("expected a dict with 'state' and 'param_groups' (from MuonAdamW.state_dict)")
-        saved_groups = state_dict["param_groups"]
-        expected = [len(g["params"]) for g in self.param_groups]
-        got = [len(g["params"]) for g in saved_groups]
-        if got != expected:
-            raise ValueError(f"state dict has groups of sizes {got}; this MuonAdamW has {expected} "
-                             f"(Muon's groups first, then AdamW's)")
-        start = 0
-        used: set[int] = set()
-        for opt in self.optimizers:
-            mine = saved_groups[start:start + len(opt.param_groups)]
-            start += len(opt.param_groups)
-            local = {index: i for i, index in enumerate(p for g in mine for p in g["params"])}
-            used |= local.keys()
-            opt.load_state_dict({
-                "state": {local[k]: v for k, v in state_dict["state"].items() if k in local},
-                "param_groups": [{**g, "params": [local[p] for p in g["params"]]} for g in mine],
-            })
-        unknown = set(state_dict["state"]) - used
-        if unknown:
-            raise ValueError(f"state dict has state for parameter indices {sorted(unknown)} that no group lists")
-
-    def __repr__(self) -> str:
-        sizes = {g.get("name", "?"): len(g["params"]) for g in self.param_groups}
-        return f"MuonAdamW(groups={sizes})"
 
 
 def build_muon_adamw(
@@ -352,24 +358,21 @@ def build_muon_adamw(
     base_lr: float | None = None,
     use_muon: Callable[[str, nn.Parameter], bool] | None = None,
     adamw_pattern: str = ADAMW_NAME_PATTERN,
-    fused: bool | None = None,
 ) -> MuonAdamW:
     """Muon for the hidden matrices of ``model``, AdamW for the rest (split by :func:`split_parameters`).
 
-    Groups: ``muon`` (rate muon_lr), ``adamw_decay`` (2-D non-Muon, decay ``weight_decay``) and
-    ``adamw_no_decay`` (biases, gains), each with ``lr = base_lr`` (default ``adamw_lr``) and
-    ``lr_scale = its rate / base_lr``: an external schedule that peaks at base_lr drives both.
-    Muon's decay defaults to ``weight_decay · adamw_lr / muon_lr``: decoupled decay shrinks W by
-    lr·λ per step, so this shrinks every matrix by the same factor whichever optimizer holds it
-    (the same λ at a 20× larger lr would decay the hidden matrices 20× faster).
+    Groups, in this order: ``muon`` (rate muon_lr), ``adamw_decay`` (2-D non-Muon, decay
+    ``weight_decay``) and ``adamw_no_decay`` (biases, gains), each with ``lr = base_lr`` (default
+    ``adamw_lr``) and ``lr_scale = its rate / base_lr``: an external schedule that peaks at base_lr
+    drives both. Muon's decay defaults to ``weight_decay · adamw_lr / muon_lr``: decoupled decay
+    shrinks W by lr·λ per step, so this shrinks every matrix by the same factor whichever rule
+    updates it (the same λ at a 20× larger lr would decay the hidden matrices 20× faster).
     """
     for label, value in (("muon_lr", muon_lr), ("adamw_lr", adamw_lr)):
         if not value > 0:
             raise ValueError(f"{label} must be > 0; got {value!r}")
     if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0; got {weight_decay!r}")
-    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-        raise ValueError(f"betas must be two numbers in [0, 1); got {betas!r}")
     base = adamw_lr if base_lr is None else base_lr
     if not base > 0:
         raise ValueError(f"base_lr must be > 0; got {base_lr!r}")
@@ -378,15 +381,13 @@ def build_muon_adamw(
         raise ValueError("no parameter was selected for Muon (no hidden 2-D matrices); use AdamW alone")
     if muon_weight_decay is None:
         muon_weight_decay = weight_decay * adamw_lr / muon_lr
-    muon = Muon([{"params": [p for _, p in split["muon"]], "name": "muon", "lr_scale": muon_lr / base}],
-                lr=base, momentum=momentum, nesterov=nesterov, weight_decay=muon_weight_decay, ns_steps=ns_steps)
-    adamw_groups = [
+    groups = [
+        {"params": [p for _, p in split["muon"]], "name": "muon", "use_muon": True,
+         "weight_decay": muon_weight_decay, "lr_scale": muon_lr / base},
         {"params": [p for _, p in split["adamw_decay"]], "name": "adamw_decay", "weight_decay": weight_decay,
          "lr_scale": adamw_lr / base},
         {"params": [p for _, p in split["adamw_no_decay"]], "name": "adamw_no_decay", "weight_decay": 0.0,
          "lr_scale": adamw_lr / base},
     ]
-    if fused is None:
-        fused = fused_adamw_available(split["muon"][0][1].device)
-    adamw = torch.optim.AdamW(adamw_groups, lr=base, betas=tuple(betas), eps=eps, **({"fused": True} if fused else {}))
-    return MuonAdamW(muon, adamw)
+    return MuonAdamW(groups, lr=base, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, betas=betas,
+                     eps=eps)
