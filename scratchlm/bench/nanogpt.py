@@ -252,31 +252,31 @@ def run_nanogpt(
     lines: list[tuple[float, str]] = []  # (arrival time, line)
     err_chunks: list[str] = []
     start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, bufsize=1)
-    err_reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
-    err_reader.start()
     killed = threading.Event()
+    with subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, bufsize=1) as proc:  # the with block closes the pipes
 
-    def kill() -> None:
-        killed.set()
-        proc.kill()
-
-    timer = threading.Timer(timeout, kill) if timeout is not None else None
-    if timer is not None:
-        timer.start()
-    try:
-        for line in proc.stdout:
-            lines.append((time.perf_counter(), line.rstrip("\n")))
-        returncode = proc.wait()
-    finally:
-        if timer is not None:
-            timer.cancel()
-        if proc.poll() is None:
+        def kill() -> None:
+            killed.set()
             proc.kill()
-            proc.wait()
+
+        err_reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+        err_reader.start()
+        timer = threading.Timer(timeout, kill) if timeout is not None else None
+        if timer is not None:
+            timer.start()
+        try:
+            for line in proc.stdout:
+                lines.append((time.perf_counter(), line.rstrip("\n")))
+            returncode = proc.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            err_reader.join()
     wall = time.perf_counter() - start
-    err_reader.join()
     stdout, stderr = "\n".join(text for _, text in lines), "".join(err_chunks)
     if killed.is_set():
         raise NanoGPTTimeoutError(f"nanoGPT's train.py ran longer than {timeout} s and was killed; "
