@@ -196,6 +196,7 @@ def test_check_metric_under_a_dry_run(glued, monkeypatch, capsys):
     monkeypatch.setenv(MAX_STEPS_ENV, "2")
     result = scratchlm.check_metric("acc", 0.5, ">", 0.8)  # a trained result: skipped, not asserted
     assert result.skipped and not result.passed
+    assert glued["check_acc_skipped"] is True
     assert "skipped (dry run)" in capsys.readouterr().out
     with pytest.raises(AssertionError):  # a result any run must show is still asserted
         scratchlm.check_metric("acc", 0.5, ">", 0.8, needs_training=False)

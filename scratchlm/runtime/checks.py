@@ -14,6 +14,7 @@ Glue names (the convention ``book/check_profiles.py`` reads; documented in book/
     check_<name>_value       the measured value (float)
     check_<name>_threshold   the bound it is compared with (float)
     check_<name>_op          one of "<", "<=", ">", ">="
+    check_<name>_skipped     True, glued only when a dry run skipped the assertion
 
 margin = threshold − value for ``<``/``<=`` and value − threshold for ``>``/``>=``: positive when the
 check passes, and the distance to failing when it does.
@@ -109,6 +110,8 @@ def check_metric(name: str, value: float, op: str, threshold: float, *, needs_tr
     _glue(f"{CHECK_PREFIX}{name}_value", value_f)
     _glue(f"{CHECK_PREFIX}{name}_threshold", threshold_f)
     _glue(f"{CHECK_PREFIX}{name}_op", op)
+    if result.skipped:
+        _glue(f"{CHECK_PREFIX}{name}_skipped", True)
     verdict = "skipped (dry run)" if result.skipped else ("ok" if passed else "FAILED")
     if not quiet:
         print(f"check {name}: {value_f:.6g} {op} {threshold_f:.6g} (margin {result.margin:+.4g}) {verdict}")
