@@ -54,6 +54,8 @@ def parse_glued(text: str) -> object:
     text = text.strip()
     if text in ("nan", "inf", "-inf"):
         return float(text)
+    if text.startswith("np.") and text.endswith(")") and "(" in text:  # np.float64(0.5): NumPy 2's repr
+        text = text[text.index("(") + 1: -1]
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):

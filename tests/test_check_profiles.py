@@ -30,11 +30,11 @@ def test_glued_values_checks_and_trainings_are_read_back():
         _glue_output("check_acc_op", "'>'"), _glue_output("check_acc_skipped", "True"),
         _glue_output("check_broken_value", "nan"),  # no threshold/op: dropped
         _glue_output("train_lm_params", "1000"), _glue_output("train_lm_tokens", "5000"),
-        _glue_output("other_number", "3"),
+        _glue_output("other_number", "3"), _glue_output("numpy_number", "np.float64(0.25)"),
         nbformat.v4.new_output("stream", name="stdout", text="check_x_value 1\n"),  # printed, not glued
     ])
     glued = cp.glued_values(nb)
-    assert glued["check_val_loss_op"] == "<" and glued["other_number"] == 3
+    assert glued["check_val_loss_op"] == "<" and glued["other_number"] == 3 and glued["numpy_number"] == 0.25
     checks = {c.metric: c for c in cp.checks_of(glued)}
     assert set(checks) == {"val_loss", "acc"}
     assert checks["val_loss"].passed and checks["val_loss"].margin == pytest.approx(0.2)
