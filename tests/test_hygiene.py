@@ -257,6 +257,31 @@ def check_solutions_assert(nb: dict) -> list[str]:
             and not ASSERTING.search(_source(cell))]
 
 
+GLUE_REF = re.compile(r"\{glue(?::\w+)?\}`([^`:]+)(?::[^`]*)?`|^\s*(?:`{3,}|:{3,})\s*\{glue(?::\w+)?\}\s+(\S+)",
+                      re.MULTILINE)
+GLUE_DEF = re.compile(r"\bglue\(\s*[\"']([\w.-]+)[\"']")
+CHECK_DEF = re.compile(r"check_metric\(\s*[\"']([a-z][a-z0-9_]*)[\"']")
+TRAIN_DEF = re.compile(r"report_training\(\s*[\"']([a-z][a-z0-9_]*)[\"']")
+
+
+def check_glue_keys(nb: dict) -> list[str]:
+    """Every glue key the Markdown pastes is glued by a code cell of the same notebook (by name, with
+    ``check_metric``'s and ``report_training``'s names expanded): a typo would fail the strict build."""
+    code = "\n".join(_source(c) for c in _cells(nb, "code"))
+    defined = set(GLUE_DEF.findall(code))
+    for name in CHECK_DEF.findall(code):
+        defined |= {f"check_{name}_{part}" for part in ("value", "threshold", "op")}
+    for name in TRAIN_DEF.findall(code):
+        defined |= {f"train_{name}_params", f"train_{name}_tokens"}
+    problems = []
+    for cell in _cells(nb, "markdown"):
+        for inline, block in GLUE_REF.findall(_source(cell)):
+            key = inline or block
+            if key not in defined:
+                problems.append(f"glue key {key!r} is pasted but never glued")
+    return problems
+
+
 def guide_times(guide: str, stem: str) -> dict[str, str]:
     """The smoke and cpu cells of a chapter's row in the instructor guide's chapter map."""
     lines = guide.splitlines()
@@ -327,7 +352,7 @@ def test_numbers_exercises_and_run_times_follow_the_rules(path):
     nb = _read(path)
     times = guide_times(GUIDE.read_text(encoding="utf-8"), path.stem)
     problems = (check_typed_results(nb) + check_difficulty(nb) + check_solutions_assert(nb)
-                + check_run_time(nb, times))
+                + check_run_time(nb, times) + check_glue_keys(nb))
     assert problems == []
 
 
@@ -572,3 +597,15 @@ def test_check_run_time_compares_with_the_guide():
     assert check_run_time(nb, times) == ["no **Run time** paragraph in the first Markdown cell"]
     assert "no cpu time" in check_run_time(nb.__class__(cells=[nbformat.v4.new_markdown_cell(
         "**Run time** (`make times`): smoke 41 s")]), {"smoke": "41 s"})[0]
+
+
+def test_check_glue_keys_catches_a_key_that_is_never_glued():
+    nb = _good_notebook()
+    nb.cells[3].source = ('glue("loss", 1.0, display=False)\nscratchlm.check_metric("acc", 0.9, ">", 0.5)\n'
+                          'scratchlm.report_training("lm", params=1, tokens=2)')
+    nb.cells[0].source = ("Loss {glue:text}`loss:.3f`, accuracy {glue:text}`check_acc_value:.1%` over "
+                          "{glue:}`train_lm_tokens` tokens.\n\n```{glue:figure} loss\n```")
+    assert check_glue_keys(nb) == []
+    nb.cells[0].source = "Loss {glue:text}`los:.3f` and {glue}`check_acc_margin`."
+    assert check_glue_keys(nb) == ["glue key 'los' is pasted but never glued",
+                                   "glue key 'check_acc_margin' is pasted but never glued"]
