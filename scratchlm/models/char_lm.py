@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -27,10 +28,12 @@ from torch import Tensor, nn
 from ..data.lm import make_lm_get_batch
 from ..layers import Encoder
 from ..layers.positional import SinusoidalPositionalEncoding
-from ..training import TrainConfig, TrainHistory, causal_lm_loss, evaluate, train
 from .base import shift_for_causal_lm, token_cross_entropy
 from .outputs import ModelOutput
 from .transformer import init_transformer_weights
+
+if TYPE_CHECKING:  # the training package imports scratchlm.models: import it lazily at run time
+    from ..training import TrainHistory
 
 __all__ = ["CharLM", "CharLMRun", "LayerGradNorms", "train_char_lm"]
 
@@ -138,6 +141,8 @@ def train_char_lm(model: CharLM, data: dict[str, Tensor], *, steps: int, batch_s
     ``learning_rate``, no gradient clipping — the setting in which post-LN's large output-side
     gradients show. The validation loss is the mean over ``eval_batches`` fixed validation batches.
     """
+    from ..training import TrainConfig, causal_lm_loss, evaluate, train
+
     if "train" not in data or "val" not in data:
         raise ValueError(f"data must hold 'train' and 'val' id tensors; got keys {sorted(data)}")
     device = next(model.parameters()).device
