@@ -11,8 +11,8 @@ answer for a batch of sources:
 
       log p(y | x) = Σ_t log p_θ(y_t | y_<t, x),
 
-  and pick the most likely one ("rank classification", used by Raffel et al. 2020 and by
-  GPT-3-style evaluation). The decision is still made by the text-to-text model — it is the
+  and pick the most likely one ("rank classification", as GPT-3 answered multiple-choice tasks;
+  Brown et al., 2020). The decision is still made by the text-to-text model — it is the
   argmax of p(y | x) over the allowed targets — but it can never be an unparsable string.
 
 Both work in chunks so that thousands of sources fit in memory, and run the model in eval mode.
