@@ -457,3 +457,20 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     attention.prefix = lambda B: (torch.zeros(B, 2, 3, 16), torch.zeros(B, 2, 3, 15))
     with pytest.raises(ValueError, match="prefix must return two"):
         attention(torch.zeros(1, 4, 32))
+
+
+# ---- memory accounting ----------------------------------------------------------------------------
+def test_training_memory_counts_state_and_saved_activations():
+    torch.manual_seed(0)
+    layer = nn.Linear(10, 5)
+    x = torch.randn(4, 10)
+    mem = P.training_memory(layer, lambda m: m(x).sum())
+    # the weight gradient needs the input: 4 x 10 floats are saved; the weights are not activations
+    assert mem["activations"] == 4 * 10 * 4
+    assert mem["weights"] == mem["gradients"] == (10 * 5 + 5) * 4 and mem["optimizer"] == 2 * mem["weights"]
+    layer.weight.requires_grad_(False)  # a frozen weight needs no saved input (x needs no grad either)
+    assert P.training_memory(layer, lambda m: m(x).sum())["activations"] == 0
+    full = P.training_memory(_gpt(), lambda m: m(**_batch(), labels=_batch()["input_ids"]).loss)
+    lora_model = P.apply_peft(_gpt(), P.LoraConfig(r=2))
+    lora = P.training_memory(lora_model, lambda m: m(**_batch(), labels=_batch()["input_ids"]).loss)
+    assert lora["optimizer"] < full["optimizer"] / 10 and lora["activations"] > 0

@@ -28,6 +28,7 @@ from .api import (
     unmerge_lora,
 )
 from .lora import LoRALinear
+from .measure import training_memory
 from .prefix import LayerPrefix, PrefixEncoder
 from .prompt import PromptEmbedding, PromptTuningModel, find_input_embedding
 
@@ -55,5 +56,6 @@ __all__ = [
     "merge_lora",
     "peft_state_dict",
     "save_peft",
+    "training_memory",
     "unmerge_lora",
 ]
