@@ -109,3 +109,25 @@ def test_scoring():
     assert score("upper", " CAT ", "CAT") == 1.0 and score("upper", "CA", "CAT") == 0.0
     assert score("pos", "DET NOUN NOUN", "DET NOUN VERB") == pytest.approx(2 / 3)
     assert score("pos", "", "DET NOUN") == 0.0
+
+
+def test_respond_equals_one_prompt_at_a_time_and_stops_at_the_end_token():
+    from scratchlm.decoding import generate, respond
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=100, block_size=64, n_layers=1, n_heads=2, d_model=16)).eval()
+    decode = lambda ids: "".join(chr(96 + i) for i in ids)  # noqa: E731
+    prompts = ["abc", "a much longer prompt", "xy"]
+    batched = respond(model, prompts, _encode, decode, END, max_new_tokens=6, batch_size=2)
+    for prompt, answer in zip(prompts, batched, strict=True):
+        ids = torch.tensor([_encode(prompt)])
+        new = generate(model, ids, 6, greedy=True)[0, ids.shape[1]:].tolist()
+        new = new[: new.index(END)] if END in new else new
+        assert answer == decode(new)
+    ids = torch.tensor([_encode("abc")])
+    first, second = generate(model, ids, 2, greedy=True)[0, -2:].tolist()
+    assert respond(model, ["abc"], _encode, decode, first, max_new_tokens=6) == [""]  # stops at once
+    if second != first:
+        assert respond(model, ["abc"], _encode, decode, second, max_new_tokens=6) == [decode([first])]
+    with pytest.raises(TypeError, match="list of prompts"):
+        respond(model, "abc", _encode, decode, END)
