@@ -31,9 +31,10 @@ def _encode(text: str) -> list[int]:
 
 def _data(seed: int = 0):
     words = [f"w{a}{b}{c}" for a in "abcdefgh" for b in "ijklmnop" for c in "qrst"]
-    sms = [("spam", f"WIN {i} prizes now") for i in range(40)] + [("ham", f"see you at {i}") for i in range(200)]
-    sents = [Sentence(["the", f"cat{i}", "sat"], ["DET", "NOUN", "VERB"]) for i in range(50)]
-    sts = [(i % 6 * 1.0, f"a man runs {i}", f"a man is running {i}") for i in range(60)]
+    # Repeated inputs, as in the real data (the SMS collection repeats messages): they must not leak.
+    sms = [("spam", f"WIN {i} prizes now") for i in range(40)] + [("ham", f"see you at {i % 50}") for i in range(200)]
+    sents = [Sentence(["the", f"cat{i % 20}", "sat"], ["DET", "NOUN", "VERB"]) for i in range(50)]
+    sts = [(i % 6 * 1.0, f"a man runs {i % 30}", f"a man is running {i % 30}") for i in range(60)]
     return build_instruction_data(words, sms, sents, sts, n_train=20, n_eval=10, seed=seed)
 
 

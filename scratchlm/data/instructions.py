@@ -150,7 +150,9 @@ def _sources(rng: random.Random, words: Sequence[str], sms, sentences, stsb, max
            "copy": lambda w: w, "first": lambda w: w[0]}
     pools: dict[str, tuple[list, list]] = {}
     for name, items in (("ham", ham), ("spam", spam), ("pos", pos), ("sts", sts), ("words", list(words))):
-        items = list(items)
+        # One entry per distinct input (the SMS collection repeats messages, UD repeats "Thank you ."),
+        # so no evaluation input can also be a training input.
+        items = list({(item if isinstance(item, str) else item[0]): item for item in items}.values())
         rng.shuffle(items)
         cut = int(0.8 * len(items))
         pools[name] = (items[:cut], items[cut:])
