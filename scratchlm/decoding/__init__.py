@@ -1,16 +1,20 @@
 """Decoding: greedy and sampled generation with a KV cache (Chapter 06) and constrained decoding
-(Chapter 08); text answers to text prompts (Chapter 11)."""
+(Chapter 08), text-to-text answers: decode many sources or score fixed answers (Chapter 08), and
+text answers to text prompts from a decoder-only model (Chapter 11)."""
 
 from .constrained import ItemSequenceConstraint
 from .respond import respond
 from .sampling import generate, left_pad, next_token_distribution, top_k_filter, top_p_filter
+from .text_to_text import decode_batch, score_targets
 
 __all__ = [
     "ItemSequenceConstraint",
+    "decode_batch",
     "generate",
     "left_pad",
     "next_token_distribution",
     "respond",
+    "score_targets",
     "top_k_filter",
     "top_p_filter",
 ]
