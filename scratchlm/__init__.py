@@ -2,7 +2,8 @@
 
 Grouped by role: ``layers`` (attention, positions, norms, feed-forward, blocks), ``models`` (the
 Chapter 05 Transformer, GPT, BERT, T5), ``tokenizers``, ``data`` (registry, corpora, collators),
-``training`` (loop, optimizer, checkpoints), ``decoding`` (sampling, constrained), ``runtime``
+``training`` (loop, optimizer, checkpoints), ``decoding`` (sampling, constrained), ``peft`` (LoRA,
+adapters, prefixes, prompts, BitFit), ``runtime``
 (profiles, device, source display, plotting) and ``bench`` (commands that print figures).
 Each module says which chapter introduced it. Nothing here reaches the network at import time.
 """

@@ -1,7 +1,9 @@
 """Decoding: greedy and sampled generation with a KV cache (Chapter 06) and constrained decoding
-(Chapter 08), and text-to-text answers: decode many sources or score fixed answers (Chapter 08)."""
+(Chapter 08), text-to-text answers: decode many sources or score fixed answers (Chapter 08), and
+text answers to text prompts from a decoder-only model (Chapter 11)."""
 
 from .constrained import ItemSequenceConstraint
+from .respond import respond
 from .sampling import generate, left_pad, next_token_distribution, top_k_filter, top_p_filter
 from .text_to_text import decode_batch, score_targets
 
@@ -11,6 +13,7 @@ __all__ = [
     "generate",
     "left_pad",
     "next_token_distribution",
+    "respond",
     "score_targets",
     "top_k_filter",
     "top_p_filter",

@@ -10,6 +10,13 @@ Every projection is an ``nn.Linear`` that is *called* (``self.q_proj(x)``), neve
 ``.weight``: Chapter 10 wraps these layers with LoRA, Chapter 12 swaps them for quantized ones, and
 both only work if the forward pass goes through the module. For the same reason the fused q/k/v
 projection is one call of one (3C, C) layer, split afterwards.
+
+Prefix hook (Chapter 10). ``self.prefix`` is ``None`` by default. Prefix-tuning (Li & Liang, 2021)
+sets it to a module whose call ``prefix(B)`` returns trainable key and value heads ``(k_p, v_p)``,
+each (B, H, P, d_head). They are put *in front of* the keys and values after the KV-cache logic,
+so a cache holds only real tokens and the prefix is added again at every decoding step (cached and
+uncached generation give the same tokens). Prefix positions are never padding and, with the causal
+mask's bottom-right alignment, visible to every query; they carry no position (no rotary).
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ class MultiHeadAttention(nn.Module):
         self.q_norm: nn.Module = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm: nn.Module = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.rotary: nn.Module | None = None  # a RotaryEmbedding rotates q and k (Chapter 04)
+        self.prefix: nn.Module | None = None  # prefix(B) -> (k_p, v_p) (B, H, P, d_head) each (Chapter 10)
 
     # ---- projections -----------------------------------------------------------------------
     def _split_heads(self, x: Tensor) -> Tensor:
@@ -234,6 +242,8 @@ class MultiHeadAttention(nn.Module):
                 )
             keep = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk), True = may attend
             mask = _combine_masks(mask, keep, q.dtype) if mask is not None else keep
+        if self.prefix is not None:  # prefix-tuning: P extra keys/values, visible to every query
+            k, v, mask = self._prepend_prefix(k, v, mask, B)  # (B, H, P + Tk, d_head) each
 
         dropout_p = self.dropout if self.training else 0.0
         result = scaled_dot_product_attention(
@@ -246,6 +256,21 @@ class MultiHeadAttention(nn.Module):
         if weights is not None and average_weights:
             weights = weights.mean(dim=1)  # (B, Tq, Tk)
         return out, weights
+
+    def _prepend_prefix(self, k: Tensor, v: Tensor, mask: Tensor | None, B: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Put the prefix heads before ``k``/``v`` and widen ``mask`` (its last axis is Tk) by P visible keys."""
+        k_p, v_p = self.prefix(B)  # (B, H, P, d_head) each
+        if k_p.shape[0] != B or k_p.shape[1] != self.n_heads or k_p.shape[3] != self.head_dim or k_p.shape != v_p.shape:
+            raise ValueError(f"MultiHeadAttention: prefix must return two (B={B}, H={self.n_heads}, P, "
+                             f"d_head={self.head_dim}) tensors; got {tuple(k_p.shape)} and {tuple(v_p.shape)}")
+        P = k_p.shape[2]
+        k = torch.cat([k_p.to(k.dtype), k], dim=2)  # (B, H, P + Tk, d_head)
+        v = torch.cat([v_p.to(v.dtype), v], dim=2)  # (B, H, P + Tk, d_head)
+        if mask is not None and mask.shape[-1] != 1:  # a per-key mask: the prefix columns may always be attended
+            shape = (*mask.shape[:-1], P)
+            cols = mask.new_ones(shape) if mask.dtype == torch.bool else mask.new_zeros(shape)  # (..., Tq, P): True / bias 0
+            mask = torch.cat([cols, mask], dim=-1)  # (..., Tq, P + Tk)
+        return k, v, mask
 
     def extra_repr(self) -> str:
         scale = "1/sqrt(d_head)" if self.scale is None else f"{self.scale:g}"

@@ -104,10 +104,13 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = LayerNorm(cfg.d_model, cfg.norm_eps)  # HF name, capital L
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor, position_ids: Tensor | None = None) -> Tensor:
         T = input_ids.shape[1]
         x = self.word_embeddings(input_ids)  # (B, T, C)
-        x = x + self.position_embeddings.weight[:T]  # (B, T, C) + (T, C): positions 0..T-1
+        if position_ids is None:
+            x = x + self.position_embeddings.weight[:T]  # (B, T, C) + (T, C): positions 0..T-1
+        else:  # explicit positions, e.g. shifted by a prefix as Hugging Face peft does (Chapter 10)
+            x = x + self.position_embeddings(position_ids)  # (B, T, C)
         x = x + self.token_type_embeddings(token_type_ids)  # (B, T, C)
         return self.dropout(self.LayerNorm(x))  # (B, T, C)
 
@@ -178,9 +181,10 @@ class BertModel(_BertBase):
         self.apply(lambda m: _init_bert(m, cfg.initializer_range))
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, *, output_attentions: bool = False,
-                output_hidden_states: bool = False) -> ModelOutput:
-        """input_ids (B, T); attention_mask (B, T) 1 = token, 0 = padding; token_type_ids (B, T) 0/1.
+                token_type_ids: Tensor | None = None, *, position_ids: Tensor | None = None,
+                output_attentions: bool = False, output_hidden_states: bool = False) -> ModelOutput:
+        """input_ids (B, T); attention_mask (B, T) 1 = token, 0 = padding; token_type_ids (B, T) 0/1;
+        position_ids (B, T) or (1, T) rows of the position table (default 0..T-1).
 
         Returns ``last_hidden_state`` (B, T, C) and ``pooler_output`` (B, C) (and every layer's
         attention weights (B, H, T, T) / outputs when asked).
@@ -194,7 +198,9 @@ class BertModel(_BertBase):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)  # (B, T) everything is sentence A
         padding = None if attention_mask is None else attention_mask == 0  # (B, T) True = padding
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, C)
+        if position_ids is not None and (position_ids.dim() != 2 or position_ids.shape[1] != T):
+            raise ValueError(f"position_ids must have shape (B, T) or (1, T) with T={T}; got {tuple(position_ids.shape)}")
+        x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, C)
         out = self.encoder(x, key_padding_mask=padding, output_attentions=output_attentions,
                            output_hidden_states=output_hidden_states)
         h = out if isinstance(out, Tensor) else out.last_hidden_state  # (B, T, C)
