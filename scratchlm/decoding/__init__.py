@@ -1,14 +1,17 @@
-"""Decoding: greedy and sampled generation with a KV cache (Chapter 06) and constrained decoding
-(Chapter 08)."""
+"""Decoding: greedy and sampled generation with a KV cache (Chapter 06), constrained decoding
+(Chapter 08), and fast generation with a static cache and a compiled decode step (Chapter 13)."""
 
 from .constrained import ItemSequenceConstraint
 from .sampling import generate, left_pad, next_token_distribution, top_k_filter, top_p_filter
+from .static import StaticGenerator, sample_rows
 
 __all__ = [
     "ItemSequenceConstraint",
+    "StaticGenerator",
     "generate",
     "left_pad",
     "next_token_distribution",
+    "sample_rows",
     "top_k_filter",
     "top_p_filter",
 ]

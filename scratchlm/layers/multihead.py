@@ -205,7 +205,8 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError("MultiHeadAttention: value given without key")
             if cache is not None:
                 cache.check_batch(query.shape[0])
-                offset = cache.seq_length(layer_idx)
+                if positions is None:  # explicit positions need no offset (a static cache is never read back)
+                    offset = cache.seq_length(layer_idx)
             q, k, v = self._project_self(query, positions, offset)  # (B, H, T, d_head) each
             if cache is not None:
                 k, v = cache.update(layer_idx, k, v)  # (B, H, T_past + T, d_head) each
