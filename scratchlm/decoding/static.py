@@ -221,6 +221,7 @@ class StaticGenerator:
         self.model.eval()
         try:
             logits = self._prefill(ids, mask, positions)  # (R, V)
+            nxt = finished.long()  # (R,) placeholder: replaced at step 0
             for step in range(max_new_tokens):
                 if step:
                     if self.compiled and self.device.type == "cuda":

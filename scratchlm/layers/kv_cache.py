@@ -175,7 +175,7 @@ class StaticKVCache:
 
     def nbytes(self) -> int:
         """Memory held by the pre-allocated buffers, in bytes (allocated once, whatever is written)."""
-        pairs = list(zip(self.keys, self.values)) + list(self.cross.values())
+        pairs = list(zip(self.keys, self.values, strict=True)) + list(self.cross.values())
         return sum(t.numel() * t.element_size() for pair in pairs for t in pair)
 
     def mark_static_addresses(self) -> None:
@@ -189,3 +189,18 @@ class StaticKVCache:
     def __repr__(self) -> str:
         B, H, T, d = self.keys[0].shape
         return f"StaticKVCache(layers={self.n_layers}, batch={B}, heads={H}, max_length={T}, head_dim={d})"
+
+
+def cache_for(past_key_values: KVCache | StaticKVCache | None, use_cache: bool, *,
+              allow_static: bool = False) -> KVCache | StaticKVCache | None:
+    """The cache a forward pass extends: the one passed in, a new one if ``use_cache``, else None.
+    ``allow_static``: the model also accepts a :class:`StaticKVCache` (GPT does; Chapter 13)."""
+    if past_key_values is not None:
+        if allow_static and isinstance(past_key_values, StaticKVCache):
+            return past_key_values
+        if not isinstance(past_key_values, KVCache):
+            hint = " (a StaticKVCache serves GPT only)" if isinstance(past_key_values, StaticKVCache) else ""
+            raise TypeError(f"past_key_values must be a KVCache (from a previous call with use_cache=True); "
+                            f"got {type(past_key_values).__name__}{hint}")
+        return past_key_values
+    return KVCache() if use_cache else None

@@ -27,7 +27,17 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from ..layers import ACTIVATIONS, NORMS, EncoderLayer, KVCache, LayerNorm, RMSNorm, RotaryEmbedding, make_norm
+from ..layers import (
+    ACTIVATIONS,
+    NORMS,
+    EncoderLayer,
+    KVCache,
+    LayerNorm,
+    RMSNorm,
+    RotaryEmbedding,
+    cache_for,
+    make_norm,
+)
 from .base import (
     PreTrainedModel,
     build_config,
@@ -103,10 +113,8 @@ class GPT(PreTrainedModel):
     config_class = GPTConfig
 
     def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
-        if not isinstance(config, GPTConfig):
-            raise TypeError(f"GPT expects a GPTConfig; got {type(config).__name__}")
-        self.config = c = config
+        super().__init__(config)
+        c = config
         parts = dict(wte=nn.Embedding(c.vocab_size, c.d_model))  # token embedding (V, C)
         if c.positions == "learned":
             parts["wpe"] = nn.Embedding(c.block_size, c.d_model)  # position embedding (T_max, C)
@@ -199,7 +207,7 @@ class GPT(PreTrainedModel):
             raise ValueError(f"logits_to_keep must be an int >= 0 (0 = every position); got {logits_to_keep!r}")
         if labels is not None and logits_to_keep:
             raise ValueError("labels need the logits of every position: leave logits_to_keep at 0")
-        cache = past_key_values if past_key_values is not None else (KVCache() if use_cache else None)
+        cache = cache_for(past_key_values, use_cache, allow_static=True)
         padding = attn_mask = None
         if getattr(cache, "is_static", False):
             attn_mask, position_ids = self._static_cache_masks(cache, input_ids, attention_mask, position_ids)
