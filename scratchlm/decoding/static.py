@@ -86,9 +86,12 @@ class StaticGenerator:
         self.device = self.cache.position.device
         self.compiled = bool(compile)
         if compile:
-            mode = compile if isinstance(compile, str) else ("reduce-overhead" if self.device.type == "cuda" else None)
             self.cache.mark_static_addresses()
-            opts = dict(fullgraph=True, dynamic=False, mode=mode)
+            if isinstance(compile, str):
+                opts = dict(fullgraph=True, dynamic=False, mode=compile)
+            else:  # weights frozen in as constants: Inductor pre-packs them for the CPU matmul library
+                options = {"freezing": True} | ({"triton.cudagraphs": True} if self.device.type == "cuda" else {})
+                opts = dict(fullgraph=True, dynamic=False, options=options)
             self._greedy_step = torch.compile(self._greedy_step_eager, **opts)
             self._logits_step = torch.compile(self._logits_step_eager, **opts)
         else:

@@ -110,6 +110,9 @@ class StaticKVCache:
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]  # L x (B, H, T_max, d)
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]  # L x (B, H, T_max, d)
         self.position = torch.zeros((), dtype=torch.long, device=device)  # () next slot to write
+        # (B, H) per layer: True once a NaN key or value was written there (attention's NaN rule,
+        # kept up to date at O(T_new) per step instead of rescanning all T_max slots)
+        self.nan_flags = [torch.zeros(batch_size, n_heads, dtype=torch.bool, device=device) for _ in range(n_layers)]
         self.cross: dict[int, tuple[Tensor, Tensor]] = {}  # same attribute as KVCache (unused by GPT)
 
     @classmethod
@@ -148,14 +151,20 @@ class StaticKVCache:
         slots = self.position + torch.arange(T_new, device=k.device)  # (T_new,) where the new heads go
         buf_k.index_copy_(2, slots, k.to(buf_k.dtype))  # (B, H, T_max, d_head), in place
         buf_v.index_copy_(2, slots, v.to(buf_v.dtype))  # (B, H, T_max, d_head), in place
+        new_nan = torch.isnan(k).flatten(2).any(dim=-1) | torch.isnan(v).flatten(2).any(dim=-1)  # (B, H)
+        self.nan_flags[layer_idx].logical_or_(new_nan)  # (B, H), in place
         if layer_idx == self.n_layers - 1:  # every layer has written this step: move on
             self.position.add_(T_new)
         return buf_k, buf_v
 
+    def kv_nan(self, layer_idx: int) -> Tensor:
+        """(B, H) bool: True where layer ``layer_idx`` holds a NaN key or value (see attention's NaN rule)."""
+        return self.nan_flags[layer_idx]
+
     def reset(self) -> None:
-        """Empty the cache for a new batch: position 0, buffers zeroed (stale NaNs must not leak in)."""
+        """Empty the cache for a new batch: position 0, buffers zeroed, NaN flags cleared."""
         self.position.zero_()
-        for t in (*self.keys, *self.values):
+        for t in (*self.keys, *self.values, *self.nan_flags):
             t.zero_()
         self.cross.clear()
 
@@ -180,7 +189,7 @@ class StaticKVCache:
 
     def mark_static_addresses(self) -> None:
         """Tell torch.compile the buffers never move (CUDA graphs may then replay writes into them)."""
-        for t in (*self.keys, *self.values, self.position):
+        for t in (*self.keys, *self.values, *self.nan_flags, self.position):
             torch._dynamo.mark_static_address(t)
 
     def __len__(self) -> int:
