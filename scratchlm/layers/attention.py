@@ -44,7 +44,8 @@ def causal_mask(Tq: int, Tk: int | None = None, device: torch.device | str | Non
     """
     Tk = Tq if Tk is None else Tk
     for name, value in (("Tq", Tq), ("Tk", Tk)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        # torch.SymInt: a symbolic size while torch.export traces with dynamic shapes (Chapter 13)
+        if not isinstance(value, (int, torch.SymInt)) or isinstance(value, bool) or value < 1:
             raise ValueError(f"causal_mask: {name} must be a positive int; got {value!r}")
     ones = torch.ones(Tq, Tk, dtype=torch.bool, device=device)  # (Tq, Tk)
     return torch.tril(ones, diagonal=Tk - Tq)  # (Tq, Tk)
