@@ -54,6 +54,20 @@ def sample_rows(logits: Tensor, temperature: Tensor, top_k: Tensor, generator: t
     return torch.where(greedy, logits.argmax(dim=-1), drawn)  # (B,)
 
 
+def _frozen_compile(fn, mode: str | None):
+    """``torch.compile(fn, fullgraph=True, dynamic=False)`` with Inductor's *freezing*: the weights are
+    folded in as constants, so on a CPU every Linear becomes a call on a pre-packed weight (the
+    matmul library lays it out once for fast small-batch products). Compilation is lazy, so the
+    setting is applied around every call (it costs microseconds)."""
+    compiled = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
+
+    def call(*args: Tensor):
+        with torch._inductor.config.patch(freezing=True):
+            return compiled(*args)
+
+    return call
+
+
 class StaticGenerator:
     """Batched decoder-only generation with a :class:`~scratchlm.layers.StaticKVCache` and an
     optionally compiled decode step. Introduced in Chapter 13.
@@ -64,8 +78,9 @@ class StaticGenerator:
             compiled step serves every batch up to this size.
         max_length: slots of the cache (prompt + new tokens); default the model's ``block_size``.
             Attention runs over all of them at every step, so size it to the job.
-        compile: False (eager), True (``torch.compile`` with ``mode="reduce-overhead"`` — CUDA
-            graphs — on a GPU, the default mode on a CPU) or an explicit mode string.
+        compile: False (eager), True (``torch.compile`` with frozen weights, and
+            ``mode="reduce-overhead"`` — CUDA graphs — on a GPU) or an explicit mode string. The
+            weights are compiled in: build a new generator after changing them.
         stop_check_every: read the stop flags back to the host every this many steps.
     """
 
@@ -87,13 +102,9 @@ class StaticGenerator:
         self.compiled = bool(compile)
         if compile:
             self.cache.mark_static_addresses()
-            if isinstance(compile, str):
-                opts = dict(fullgraph=True, dynamic=False, mode=compile)
-            else:  # weights frozen in as constants: Inductor pre-packs them for the CPU matmul library
-                options = {"freezing": True} | ({"triton.cudagraphs": True} if self.device.type == "cuda" else {})
-                opts = dict(fullgraph=True, dynamic=False, options=options)
-            self._greedy_step = torch.compile(self._greedy_step_eager, **opts)
-            self._logits_step = torch.compile(self._logits_step_eager, **opts)
+            mode = compile if isinstance(compile, str) else ("reduce-overhead" if self.device.type == "cuda" else None)
+            self._greedy_step = _frozen_compile(self._greedy_step_eager, mode)
+            self._logits_step = _frozen_compile(self._logits_step_eager, mode)
         else:
             self._greedy_step, self._logits_step = self._greedy_step_eager, self._logits_step_eager
 
