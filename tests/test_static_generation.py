@@ -10,7 +10,7 @@ import torch
 
 from scratchlm.decoding import StaticGenerator, generate, left_pad, sample_rows
 from scratchlm.layers import KVCache, StaticKVCache, scaled_dot_product_attention
-from scratchlm.models import GPT, GPTConfig, T5, T5Config
+from scratchlm.models import GPT, T5, GPTConfig, T5Config
 
 
 def tiny_gpt(seed: int = 0, **kw) -> GPT:

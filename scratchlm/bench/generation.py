@@ -68,21 +68,25 @@ def make_prompts(batch: int, length: int, vocab: int, seed: int) -> tuple[torch.
 
 
 def build_models(n_layers: int, d_model: int, n_heads: int, vocab: int, block: int, seed: int):
-    """Our GPT and the Hugging Face GPT2LMHeadModel with the same weights (save_pretrained -> from_pretrained)."""
+    """A random GPT-2-shaped GPT and the Hugging Face GPT2LMHeadModel with the same weights."""
     torch.manual_seed(seed)
     ours = GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layers=n_layers, n_heads=n_heads,
                          d_model=d_model)).eval()
+    return ours, hf_twin(ours)
+
+
+def hf_twin(ours: GPT):
+    """``transformers.GPT2LMHeadModel`` with our weights (save_pretrained -> from_pretrained), or None."""
     try:
         from transformers import GPT2LMHeadModel
         from transformers.utils import logging as hf_logging
     except ImportError:  # pragma: no cover - transformers is in requirements.txt
-        return ours, None
+        return None
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         ours.save_pretrained(tmp)
-        theirs = GPT2LMHeadModel.from_pretrained(tmp).eval()
-    return ours, theirs
+        return GPT2LMHeadModel.from_pretrained(tmp).eval()
 
 
 def _timed(fn: Callable[[], torch.Tensor]) -> tuple[float, float, torch.Tensor]:
@@ -93,35 +97,45 @@ def _timed(fn: Callable[[], torch.Tensor]) -> tuple[float, float, torch.Tensor]:
 
 def _methods(ours: GPT, theirs, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int,
              compile: bool) -> dict[str, Callable[[], torch.Tensor]]:
-    """The generation calls to time, by name, for one batch of prompts."""
+    """The generation calls to time, by name, for one batch of prompts (outputs on the CPU)."""
     length = ids.shape[1] + new_tokens
     methods: dict[str, Callable[[], torch.Tensor]] = {}
     if theirs is not None:
-        methods[METHODS[0]] = lambda: theirs.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
-                                                      min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-    methods[METHODS[1]] = lambda: generate(ours, ids, new_tokens, attention_mask=mask, greedy=True)
+        hf_ids, hf_mask = ids.to(theirs.device), mask.to(theirs.device)
+        methods[METHODS[0]] = lambda: theirs.generate(hf_ids, attention_mask=hf_mask, max_new_tokens=new_tokens,
+                                                      min_new_tokens=new_tokens, do_sample=False,
+                                                      pad_token_id=0).cpu()
+    device = next(ours.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
+    methods[METHODS[1]] = lambda: generate(ours, ids, new_tokens, attention_mask=mask, greedy=True).cpu()
     static = StaticGenerator(ours, batch_size=ids.shape[0], max_length=length)
-    methods[METHODS[2]] = lambda: static.generate(ids, new_tokens, attention_mask=mask)
+    methods[METHODS[2]] = lambda: static.generate(ids, new_tokens, attention_mask=mask).cpu()
     if compile:
         fast = StaticGenerator(ours, batch_size=ids.shape[0], max_length=length, compile=True)
-        methods[METHODS[3]] = lambda: fast.generate(ids, new_tokens, attention_mask=mask)
+        methods[METHODS[3]] = lambda: fast.generate(ids, new_tokens, attention_mask=mask).cpu()
     return methods
 
 
 def benchmark_generation(*, batch_sizes: tuple[int, ...] = (1, 8), new_tokens: int = 256, prompt_len: int = 8,
                          n_layers: int = 6, d_model: int = 384, n_heads: int = 6, vocab: int = 50257,
                          block: int = 1024, threads: int | None = None, repeats: int = 3, compile: bool = True,
-                         hf: bool = True, seed: int = 0, log: Callable[[str], None] | None = None) -> list[GenRow]:
-    """Measure every method at every batch size (see the module docstring); returns one row each."""
+                         hf: bool = True, seed: int = 0, log: Callable[[str], None] | None = None,
+                         models: tuple[GPT, object] | None = None) -> list[GenRow]:
+    """Measure every method at every batch size (see the module docstring); returns one row each.
+
+    ``models``: (ours, Hugging Face's or None) to measure instead of a random GPT-2-shaped pair
+    (a chapter passes its trained model); the size arguments are then ignored.
+    """
     if repeats < 1 or new_tokens < 1 or prompt_len < 1 or not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"repeats, new_tokens, prompt_len and batch sizes must be >= 1; got {repeats}, "
                          f"{new_tokens}, {prompt_len}, {batch_sizes}")
-    if prompt_len + new_tokens > block:
-        raise ValueError(f"prompt_len + new_tokens = {prompt_len + new_tokens} exceeds block={block}")
     saved = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    ours, theirs = build_models(n_layers, d_model, n_heads, vocab, block, seed)
+    ours, theirs = models if models is not None else build_models(n_layers, d_model, n_heads, vocab, block, seed)
+    vocab, block = ours.config.vocab_size, ours.config.block_size
+    if prompt_len + new_tokens > block:
+        raise ValueError(f"prompt_len + new_tokens = {prompt_len + new_tokens} exceeds block={block}")
     rows: list[GenRow] = []
     try:
         for batch in batch_sizes:

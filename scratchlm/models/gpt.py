@@ -233,8 +233,10 @@ class GPT(PreTrainedModel):
                                                                              device=input_ids.device)
             x = x + self.transformer.wpe(pos)  # (B, T, C)
         x = self.transformer.drop(x)  # (B, T, C)
-        # one new query sees every cached key: SDPA's fastest path; a static cache brings its own mask
-        causal = attn_mask is None and not (past_len > 0 and T == 1)
+        # one new query sees every cached key: SDPA's fastest path; a static cache brings its own mask.
+        # An exported graph (torch.export, Chapter 13) keeps the general bottom-right causal mask,
+        # which is also right for one query, instead of a branch on symbolic sizes.
+        causal = attn_mask is None and (torch.compiler.is_exporting() or not (past_len > 0 and T == 1))
         hidden = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
         for i, block in enumerate(self.transformer.h):

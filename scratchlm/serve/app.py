@@ -69,8 +69,11 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers, self.field = status, code, message, headers, field
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised while reading a body past the limit (an HTTPException, so FastAPI's body parser re-raises it)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body exceeds {max_bytes} bytes")
 
 
 class GenerateRequest(BaseModel):
@@ -117,7 +120,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge()
+                    raise _BodyTooLarge(self.max_bytes)
             return message
 
         await self.app(scope, limited_receive, send)
@@ -249,10 +252,6 @@ def create_app(bundle: Bundle, limits: ServeLimits | None = None, *, compile: bo
         extra = {"fields": [{"field": exc.field, "message": exc.message}]} if exc.field else {}
         return _error(exc.status, exc.code, exc.message, exc.headers, **extra)
 
-    @app.exception_handler(_BodyTooLarge)
-    async def _too_large(request: Request, exc: _BodyTooLarge) -> JSONResponse:
-        return _error(413, "body_too_large", f"request body exceeds {limits.max_body_bytes} bytes")
-
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
@@ -264,7 +263,7 @@ def create_app(bundle: Bundle, limits: ServeLimits | None = None, *, compile: bo
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
 
     @app.exception_handler(Exception)

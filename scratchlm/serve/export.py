@@ -16,6 +16,7 @@ caller feeds each step's ``present`` back as the next step's ``past``. One graph
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -104,15 +105,33 @@ def _example_gpt_inputs(model: nn.Module) -> tuple[Tensor, ...]:
     return (ids, mask, *past)
 
 
+def _size_oblivious():
+    """Trace without assuming that dynamic sizes are >= 2. By default torch.export specialises sizes 0
+    and 1 (a size-1 dim broadcasts, so the graph might differ) and the exported program then refuses
+    a batch of 1 or an empty cache; size-oblivious tracing keeps one graph for every size."""
+    import torch.fx.experimental._config as fx_config
+
+    if hasattr(fx_config, "backed_size_oblivious"):
+        return fx_config.patch(backed_size_oblivious=True)
+    return contextlib.nullcontext()  # older PyTorch: the program then checks sizes >= 2 (ONNX does not)
+
+
 def export_gpt(model: nn.Module, *, logits_to_keep: int = 0) -> torch.export.ExportedProgram:
-    """``torch.export`` of :class:`GPTWithCache` with dynamic batch, length and cache length."""
+    """``torch.export`` of :class:`GPTWithCache` with dynamic batch, length and cache length.
+
+    Sizes 0 and 1: where a dimension of size 1 *could* broadcast, torch.export records a guard, and
+    ``program.module()`` then refuses e.g. a batch of 1 or a one-token step. The guards are
+    conservative here: ``program.module(check_guards=False)`` (which still checks the ranges of
+    the symbolic sizes) and the ONNX translation (which has no guards) give our model's numbers for a
+    batch of one, a one-token step and an empty cache — the tests check exactly these cases.
+    """
     if model.config.block_size < 8:
         raise ValueError("export_gpt traces with 7 positions; the model's block_size must be >= 8")
     wrapper = GPTWithCache(model, logits_to_keep).eval()
     example = _example_gpt_inputs(model)
     D = Dim.DYNAMIC
     shapes = ({0: D, 1: D}, {0: D, 1: D}, tuple({0: D, 2: D} for _ in example[2:]))  # *past: one tuple
-    with torch.no_grad():
+    with torch.no_grad(), _size_oblivious():
         return torch.export.export(wrapper, example, dynamic_shapes=shapes)
 
 
@@ -123,7 +142,7 @@ def export_classifier(classifier: nn.Module, *, vocab_size: int) -> torch.export
     ids = torch.randint(0, vocab_size, (2, 5), generator=torch.Generator().manual_seed(0)).to(device)
     mask = torch.ones_like(ids)
     D = Dim.DYNAMIC
-    with torch.no_grad():
+    with torch.no_grad(), _size_oblivious():
         return torch.export.export(wrapper, (ids, mask), dynamic_shapes=({0: D, 1: D}, {0: D, 1: D}))
 
 
