@@ -1,10 +1,10 @@
 """Building blocks of a Transformer: attention (Chapter 03), positions (Chapter 04), norms,
-feed-forward and blocks (Chapter 05), the KV cache (Chapter 06)."""
+feed-forward and blocks (Chapter 05), the KV cache (Chapter 06) and its static form (Chapter 13)."""
 
 from .attention import IMPLS, causal_mask, padding_mask, scaled_dot_product_attention
 from .blocks import Decoder, DecoderLayer, Encoder, EncoderLayer, StackOutput
 from .feedforward import ACTIVATIONS, FeedForward
-from .kv_cache import KVCache, cache_for
+from .kv_cache import KVCache, StaticKVCache, cache_for
 from .multihead import KeyValue, MultiHeadAttention, RotaryMultiHeadAttention
 from .norms import NORMS, LayerNorm, RMSNorm, make_norm
 from .positional import (
@@ -34,6 +34,7 @@ __all__ = [
     "RotaryEmbedding",
     "RotaryMultiHeadAttention",
     "SinusoidalPositionalEncoding",
+    "StaticKVCache",
     "StackOutput",
     "apply_rotary_emb",
     "cache_for",

@@ -44,7 +44,8 @@ def causal_mask(Tq: int, Tk: int | None = None, device: torch.device | str | Non
     """
     Tk = Tq if Tk is None else Tk
     for name, value in (("Tq", Tq), ("Tk", Tk)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        # torch.SymInt: a symbolic size while torch.export traces with dynamic shapes (Chapter 13)
+        if not isinstance(value, (int, torch.SymInt)) or isinstance(value, bool) or value < 1:
             raise ValueError(f"causal_mask: {name} must be a positive int; got {value!r}")
     ones = torch.ones(Tq, Tk, dtype=torch.bool, device=device)  # (Tq, Tk)
     return torch.tril(ones, diagonal=Tk - Tq)  # (Tq, Tk)
@@ -95,15 +96,19 @@ def _combine_masks(mask: Tensor | None, causal: Tensor | None, dtype: torch.dtyp
     return mask if causal is None else mask & causal
 
 
-def _nan_in_nan_out(out: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def _nan_in_nan_out(out: Tensor, q: Tensor, k: Tensor, v: Tensor, kv_nan: Tensor | None = None) -> Tensor:
     """One NaN rule for every path: a NaN query spoils its row; a NaN key or value spoils its (batch, head).
 
     Kernels disagree otherwise: some fused CPU kernels return a finite row for a NaN query, a fused
     causal kernel skips the keys ahead of a query (a NaN there never reaches it), while an explicit
     mask adds −inf, and NaN + (−inf) is NaN. Rather than silently swallowing a NaN on some paths, all
-    paths report it. Cheap: one pass over q, k and v, no host sync.
+    paths report it. Cheap: one pass over q, k and v, no host sync. ``kv_nan`` (B, H): the k/v flags
+    already known (a static KV cache keeps them as it is written), so the cached keys are not rescanned.
     """
-    bad_kv = (torch.isnan(k).any(dim=-1).any(dim=-1) | torch.isnan(v).any(dim=-1).any(dim=-1))[..., None, None]  # (B, H, 1, 1)
+    if kv_nan is not None:
+        bad_kv = kv_nan[..., None, None]  # (B, H, 1, 1)
+    else:
+        bad_kv = (torch.isnan(k).any(dim=-1).any(dim=-1) | torch.isnan(v).any(dim=-1).any(dim=-1))[..., None, None]  # (B, H, 1, 1)
     return out.masked_fill(torch.isnan(q).any(dim=-1, keepdim=True) | bad_kv, float("nan"))  # (B, H, Tq, d_v)
 
 
@@ -128,6 +133,7 @@ def scaled_dot_product_attention(
     impl: str = "sdpa",
     return_weights: bool = False,
     scale: float | None = None,
+    kv_nan: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """softmax(Q Kᵀ · scale + M) V with scale = 1/√d_k by default. Introduced in Chapter 03.
 
@@ -140,6 +146,9 @@ def scaled_dot_product_attention(
         impl: "reference" (explicit matmul + masked softmax) or "sdpa" (PyTorch's fused kernel).
         return_weights: also return the (B, H, Tq, Tk) weights (forces the reference path).
         scale: multiplier of Q Kᵀ; None means 1/√d_k. (1/(τ√d_k) is softmax temperature τ.)
+        kv_nan: optional (B, H) bool, True where some key or value of that (batch, head) is NaN —
+            given by a :class:`~scratchlm.layers.StaticKVCache`, which flags NaNs as they are
+            written, so that a decode step does not rescan all T_max cached keys (Chapter 13).
 
     Returns:
         out (B, H, Tq, d_v), or (out, weights) when ``return_weights``. Fully masked query rows
@@ -169,12 +178,16 @@ def scaled_dot_product_attention(
     Tk = k.shape[2]
     if mask is not None:
         _check_mask(mask, (B, H, Tq, Tk), who)
+    if kv_nan is not None and (not isinstance(kv_nan, Tensor) or kv_nan.dtype != torch.bool
+                               or tuple(kv_nan.shape) != (B, H)):
+        raise ValueError(f"{who}: kv_nan must be a bool tensor of shape (B, H) = {(B, H)}; got "
+                         f"{getattr(kv_nan, 'dtype', type(kv_nan).__name__)} {tuple(getattr(kv_nan, 'shape', ()))}")
     scale = 1.0 / math.sqrt(d_k) if scale is None else float(scale)
 
     # Fast exits: no mask at all, or a square causal mask, go straight to the fused kernel.
     if impl == "sdpa" and not return_weights and mask is None and (not is_causal or Tq == Tk):
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
-        return _nan_in_nan_out(out, q, k, v)  # (B, H, Tq, d_v)
+        return _nan_in_nan_out(out, q, k, v, kv_nan)  # (B, H, Tq, d_v)
 
     causal = causal_mask(Tq, Tk, device=q.device) if is_causal else None  # (Tq, Tk)
     full = _combine_masks(mask, causal, q.dtype)  # broadcastable to (B, H, Tq, Tk)
@@ -187,7 +200,7 @@ def scaled_dot_product_attention(
 
     if impl == "sdpa" and not return_weights:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=full, dropout_p=dropout_p, scale=scale)
-        out = _nan_in_nan_out(out, q, k, v)  # (B, H, Tq, d_v)
+        out = _nan_in_nan_out(out, q, k, v, kv_nan)  # (B, H, Tq, d_v)
         return out if dead is None else out.masked_fill(dead, 0.0)  # (B, H, Tq, d_v)
 
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
@@ -200,7 +213,7 @@ def scaled_dot_product_attention(
     if dead is not None:
         weights = weights.masked_fill(dead, 0.0)  # (B, H, Tq, Tk); dead rows sum to 0
     dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights  # (B, H, Tq, Tk)
-    out = _nan_in_nan_out(dropped @ v, q, k, v)  # (B, H, Tq, d_v)
+    out = _nan_in_nan_out(dropped @ v, q, k, v, kv_nan)  # (B, H, Tq, d_v)
     if dead is not None:
         out = out.masked_fill(dead, 0.0)  # (B, H, Tq, d_v): dead rows are zero, as on the SDPA path
     return (out, weights) if return_weights else out

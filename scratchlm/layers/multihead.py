@@ -193,6 +193,7 @@ class MultiHeadAttention(nn.Module):
             ``(out (B, Tq, C), weights (B, H, Tq, Tk) or None)``.
         """
         offset = 0
+        kv_nan = None
         if kv is not None:
             if key is not None or value is not None:
                 raise ValueError("MultiHeadAttention: pass either key/value or kv (projected heads), not both")
@@ -213,10 +214,12 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError("MultiHeadAttention: value given without key")
             if cache is not None:
                 cache.check_batch(query.shape[0])
-                offset = cache.seq_length(layer_idx)
+                if positions is None:  # explicit positions need no offset (a static cache is never read back)
+                    offset = cache.seq_length(layer_idx)
             q, k, v = self._project_self(query, positions, offset)  # (B, H, T, d_head) each
             if cache is not None:
                 k, v = cache.update(layer_idx, k, v)  # (B, H, T_past + T, d_head) each
+                kv_nan = cache.kv_nan(layer_idx) if hasattr(cache, "kv_nan") else None  # (B, H) static cache
         else:
             q = self.project_q(query, positions)  # (B, H, Tq, d_head)
             k, v = self.project_kv(key, value)  # (B, H, Tk, d_head) each
@@ -248,7 +251,7 @@ class MultiHeadAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         result = scaled_dot_product_attention(
             q, k, v, mask=mask, is_causal=is_causal, dropout_p=dropout_p, impl=impl or self.impl,
-            return_weights=need_weights, scale=self.scale,
+            return_weights=need_weights, scale=self.scale, kv_nan=kv_nan,
         )
         out, weights = result if need_weights else (result, None)  # (B, H, Tq, d_head)
         out = out.transpose(1, 2).reshape(B, Tq, self.d_model)  # (B, Tq, C): Concat(head_1..head_h)

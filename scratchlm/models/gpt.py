@@ -178,6 +178,7 @@ class GPT(PreTrainedModel):
         use_cache: bool = False,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        logits_to_keep: int = 0,
     ) -> ModelOutput:
         """Logits for every position of ``input_ids`` (B, T), the loss when ``labels`` are given.
 
@@ -189,19 +190,34 @@ class GPT(PreTrainedModel):
                 scored on labels[t + 1].
             position_ids: (B, T) explicit positions; default: continue after the cache.
             past_key_values: a :class:`~scratchlm.layers.KVCache` holding the earlier positions;
-                ``use_cache=True`` creates one if needed and returns it, grown.
+                ``use_cache=True`` creates one if needed and returns it, grown. Or a
+                :class:`~scratchlm.layers.StaticKVCache` (Chapter 13): the new tokens are written at
+                its device-side ``position``, attention covers its T_max slots, and
+                ``attention_mask`` (if given) is (B, T_max): 1 for every slot that holds or will
+                hold a real token, 0 for padding.
             output_attentions / output_hidden_states: every layer's weights (reference path) /
                 every layer's output.
+            logits_to_keep: compute the output layer only for the last ``logits_to_keep`` positions
+                (0 = all). Generation needs one: the (C, V) output layer is the largest matmul of a
+                small model, so a prefill of T tokens saves T - 1 of them.
         """
         check_ids_tensor("input_ids", input_ids)
         B, T = input_ids.shape
-        cache = cache_for(past_key_values, use_cache)
-        past_len = 0 if cache is None else cache.seq_length()
+        if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int >= 0 (0 = every position); got {logits_to_keep!r}")
+        if labels is not None and logits_to_keep:
+            raise ValueError("labels need the logits of every position: leave logits_to_keep at 0")
+        cache = cache_for(past_key_values, use_cache, allow_static=True)
+        padding = attn_mask = None
+        if getattr(cache, "is_static", False):
+            attn_mask, position_ids = self._static_cache_masks(cache, input_ids, attention_mask, position_ids)
+            past_len = 0  # never read back from the device: masks and positions come from the tensors
+        else:
+            past_len = 0 if cache is None else cache.seq_length()
         if past_len + T > self.config.block_size:
             raise ValueError(f"sequence of {past_len + T} tokens (cache {past_len} + {T} new) exceeds "
                              f"block_size={self.config.block_size}")
-        padding = None
-        if attention_mask is not None:
+        if attention_mask is not None and attn_mask is None:
             if tuple(attention_mask.shape) != (B, past_len + T):
                 raise ValueError(f"attention_mask must have shape (B, T_past + T) = {(B, past_len + T)}; "
                                  f"got {tuple(attention_mask.shape)}")
@@ -217,11 +233,14 @@ class GPT(PreTrainedModel):
                                                                              device=input_ids.device)
             x = x + self.transformer.wpe(pos)  # (B, T, C)
         x = self.transformer.drop(x)  # (B, T, C)
-        causal = not (past_len > 0 and T == 1)  # one new query sees every cached key: SDPA's fastest path
+        # one new query sees every cached key: SDPA's fastest path; a static cache brings its own mask.
+        # An exported graph (torch.export, Chapter 13) keeps the general bottom-right causal mask,
+        # which is also right for one query, instead of a branch on symbolic sizes.
+        causal = attn_mask is None and (torch.compiler.is_exporting() or not (past_len > 0 and T == 1))
         hidden = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
         for i, block in enumerate(self.transformer.h):
-            out = block(x, key_padding_mask=padding, is_causal=causal, cache=cache, layer_idx=i,
+            out = block(x, mask=attn_mask, key_padding_mask=padding, is_causal=causal, cache=cache, layer_idx=i,
                         positions=position_ids, need_weights=output_attentions)
             x = out[0] if output_attentions else out  # (B, T, C)
             if output_attentions:
@@ -229,11 +248,42 @@ class GPT(PreTrainedModel):
             if output_hidden_states:
                 hidden.append(x)
         x = self.transformer.ln_f(x)  # (B, T, C)
-        logits = self.lm_head(x)  # (B, T, V)
+        logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)  # (B, T or logits_to_keep, V)
         loss = None if labels is None else token_cross_entropy(*shift_for_causal_lm(logits, labels))
         return ModelOutput(logits=logits, loss=loss, last_hidden_state=x, past_key_values=cache,
                            hidden_states=None if hidden is None else tuple(hidden),
                            attentions=None if attentions is None else tuple(attentions))
+
+    def _static_cache_masks(self, cache: Any, input_ids: Tensor, attention_mask: Tensor | None,
+                            position_ids: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Attention mask (B or 1, 1, T, T_max) and positions (B, T) for a forward through a static cache.
+
+        The new tokens sit in slots s = position .. position + T - 1 of the cache's T_max slots; the
+        query in slot s may see slot j iff j <= s (causal over slots) and j is not padding. Built from
+        device tensors only, so a compiled decode step has static shapes and no host sync.
+        """
+        B, T = input_ids.shape
+        T_max = cache.max_length
+        if T_max > self.config.block_size:
+            raise ValueError(f"the static cache holds {T_max} slots, more than block_size={self.config.block_size}")
+        if B != cache.batch_size:
+            raise ValueError(f"the static KV cache was built for a batch of {cache.batch_size} rows; got {B}")
+        device = input_ids.device
+        slots = cache.position + torch.arange(T, device=device)  # (T,) absolute slots of the new tokens
+        visible = torch.arange(T_max, device=device)[None, :] <= slots[:, None]  # (T, T_max) causal over slots
+        if attention_mask is None:
+            mask = visible[None, None]  # (1, 1, T, T_max)
+            if position_ids is None:
+                position_ids = slots[None].expand(B, T)  # (B, T)
+            return mask, position_ids
+        if tuple(attention_mask.shape) != (B, T_max):
+            raise ValueError(f"with a static KV cache, attention_mask covers its slots: shape (B, T_max) = "
+                             f"{(B, T_max)}; got {tuple(attention_mask.shape)}")
+        mask = visible[None, None] & (attention_mask != 0)[:, None, None, :]  # (B, 1, T, T_max)
+        if position_ids is None:  # count real tokens, as without a cache
+            counted = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T_max)
+            position_ids = counted.index_select(1, slots)  # (B, T)
+        return mask, position_ids
 
     def input_limits(self) -> dict[str, int]:
         return {"input_ids": self.config.vocab_size, "labels": self.config.vocab_size,
