@@ -11,8 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from safetensors.torch import load_file
 from scratchlm.distributed import (
     DistEnv,
     all_reduce_mean,
+    backend_for,
     fsdp_expected_memory,
     fsdp_shard_numel,
     init_distributed,
@@ -33,10 +32,12 @@ from scratchlm.distributed import (
     measure_memory,
     read_sharded_checkpoint_metadata,
     ring_allreduce_seconds,
+    run_torchrun,
     save_sharded_checkpoint,
     shard_batch,
     speedup,
     step_seconds,
+    torchrun_command,
     transformer_blocks,
     wrap_model,
     zero_memory,
@@ -194,8 +195,22 @@ def test_init_distributed_without_torchrun_is_a_single_process(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     env = init_distributed()
     assert (env.rank, env.world_size, env.backend, env.is_main, env.distributed) == (0, 1, None, True, False)
-    with pytest.raises(ValueError, match="backend"):
-        init_distributed("mpi")
+    with pytest.raises(ValueError, match="device_type"):
+        init_distributed("tpu")
+    with pytest.raises(ValueError, match="device_type"):
+        backend_for("mps")
+    assert backend_for("cpu") == "gloo"
+
+
+def test_torchrun_command_uses_this_interpreter_and_checks_arguments():
+    cmd = torchrun_command(2, ["--steps", 3])
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert cmd[3:] == ["--standalone", "--nproc_per_node", "2", "-m", "scratchlm.distributed.train_gpt",
+                       "--steps", "3"]
+    with pytest.raises(ValueError, match="nproc"):
+        torchrun_command(0, [])
+    with pytest.raises(ValueError, match="exactly one"):
+        torchrun_command(1, [], module="a", script="b.py")
 
 
 def test_wrap_model_checks_strategy_and_launch():
@@ -273,6 +288,15 @@ def runs(tmp_path_factory):
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("dist")
     timings = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # like each torchrun worker (and fast on a busy 2-core machine)
+    try:
+        return _launch_all(out, timings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _launch_all(out: Path, timings: dict[str, float]):
 
     def single(name, extra):
         run([*COMMON, *extra, "--out", str(out / f"{name}.json"), "--params-out", str(out / f"{name}.safetensors")])
@@ -290,18 +314,13 @@ def runs(tmp_path_factory):
         ["fsdp_from_1", ["--strategy", "fsdp", "--grad-accum", "2", "--resume", str(out / "ck_single" / "step_00000002")]],
     ]}
     (out / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                               str(ROOT / "tests" / "distributed_worker.py"), str(out / "spec.json")],
-                              env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, cwd=out)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"torchrun did not finish in {LAUNCH_TIMEOUT_S} s:\n{(exc.stdout or '')[-3000:]}\n{(exc.stderr or '')[-3000:]}")
+        run_torchrun(2, [str(out / "spec.json")], module=None, script=ROOT / "tests" / "distributed_worker.py",
+                     timeout_s=LAUNCH_TIMEOUT_S, cwd=out)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     timings["torchrun"] = time.perf_counter() - t0
-    if proc.returncode != 0:
-        pytest.fail(f"torchrun failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     t0 = time.perf_counter()  # 2 -> 1: this process continues the 2-process FSDP run
     single("single_from_2", ["--grad-accum", "2", "--resume", str(out / "ck_fsdp" / "step_00000002")])
     timings["resume_2_to_1"] = time.perf_counter() - t0

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -55,11 +58,20 @@ class DistEnv:
         return self.backend is not None
 
 
-def default_backend() -> str:
-    """``nccl`` when CUDA GPUs are present (and nccl was built in), else ``gloo``."""
-    if torch.cuda.is_available() and torch.distributed.is_nccl_available():
+def default_device_type() -> str:
+    """``cuda`` when CUDA GPUs are present, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def backend_for(device_type: str) -> str:
+    """The collective backend for a device type: nccl for ``cuda``, gloo for ``cpu``."""
+    if device_type == "cuda":
+        if not torch.distributed.is_nccl_available():
+            raise RuntimeError("this PyTorch build has no nccl: CUDA training across processes needs it")
         return "nccl"
-    return "gloo"
+    if device_type == "cpu":
+        return "gloo"
+    raise ValueError(f"device_type must be 'cuda' or 'cpu'; got {device_type!r}")
 
 
 def _env_int(name: str) -> int:
@@ -70,30 +82,35 @@ def _env_int(name: str) -> int:
         raise ValueError(f"environment variable {name}={raw!r} must be an integer (torchrun sets it)") from None
 
 
-def init_distributed(backend: str | None = None, *, timeout_s: float = 300.0) -> DistEnv:
+def init_distributed(device_type: str | None = None, *, timeout_s: float = 300.0) -> DistEnv:
     """Join the process group ``torchrun`` prepared, or describe a single process when there is none.
 
-    Idempotent: if a default group already exists (a caller initialised it), it is reused and
-    :func:`cleanup_distributed` leaves it alone. ``backend`` defaults to :func:`default_backend`.
-    ``timeout_s`` bounds how long a collective waits for a missing rank before raising, so a crashed
-    rank ends the run instead of hanging it forever.
+    ``device_type`` ("cuda" or "cpu"; default :func:`default_device_type`) decides the backend:
+    nccl with one GPU per process (``cuda:<LOCAL_RANK>``), or gloo on the CPU. Idempotent: if a
+    default group already exists (a caller initialised it), it is reused and
+    :func:`cleanup_distributed` leaves it alone. ``timeout_s`` bounds how long a collective waits
+    for a missing rank before raising, so a crashed rank ends the run instead of hanging it.
     """
     dist = torch.distributed
     if not dist.is_available():
         raise RuntimeError("this PyTorch build has no torch.distributed; install a build with it")
-    if backend is not None and backend not in ("gloo", "nccl"):
-        raise ValueError(f"backend must be 'gloo', 'nccl' or None (automatic); got {backend!r}")
+    device_type = device_type or default_device_type()
+    if device_type not in ("cuda", "cpu"):
+        raise ValueError(f"device_type must be 'cuda', 'cpu' or None (automatic); got {device_type!r}")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device_type 'cuda' was requested but CUDA is not available; use 'cpu' (gloo)")
     created = False
     if not dist.is_initialized():
-        missing = [name for name in ("RANK", "WORLD_SIZE") if name not in os.environ]
-        if missing:  # plain `python script.py`: one process, nothing to join
-            device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:  # plain `python script.py`
+            device = torch.device("cuda", 0) if device_type == "cuda" else torch.device("cpu")
             return DistEnv(0, 0, 1, device, None, False)
-        backend = backend or default_backend()
-        if backend == "nccl" and not torch.cuda.is_available():
-            raise ValueError("backend 'nccl' needs CUDA GPUs; use 'gloo' on CPUs")
+        backend = backend_for(device_type)
         if backend == "nccl":  # bind this process to its GPU before the group forms
-            torch.cuda.set_device(_env_int("LOCAL_RANK"))
+            local = _env_int("LOCAL_RANK")
+            if local >= torch.cuda.device_count():
+                raise ValueError(f"LOCAL_RANK={local} but this node has {torch.cuda.device_count()} GPU(s): "
+                                 f"start at most one process per GPU (--nproc_per_node), or use the CPU (gloo)")
+            torch.cuda.set_device(local)
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
         created = True
     backend = dist.get_backend()
@@ -178,3 +195,49 @@ def wrap_model(model: nn.Module, strategy: str, env: DistEnv, *,
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)  # the root: every parameter not inside a block
     return model
+
+
+def torchrun_command(nproc: int, args: Sequence[str], *, module: str | None = "scratchlm.distributed.train_gpt",
+                     script: str | os.PathLike | None = None) -> list[str]:
+    """``torchrun --standalone --nproc_per_node N -m module args...`` run by *this* interpreter.
+
+    ``python -m torch.distributed.run`` is what the ``torchrun`` command calls; going through
+    ``sys.executable`` guarantees the workers use the same environment as the caller (a notebook
+    kernel may not have the venv's ``bin`` on its PATH). ``--standalone`` starts a private rendezvous
+    on a free local port, so concurrent launches on one machine do not collide.
+    """
+    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
+        raise ValueError(f"nproc must be a positive int; got {nproc!r}")
+    if (module is None) == (script is None):
+        raise ValueError("give exactly one of module= and script=")
+    target = ["-m", module] if module is not None else [str(script)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            *target, *map(str, args)]
+
+
+def run_torchrun(nproc: int, args: Sequence[str], *, module: str | None = "scratchlm.distributed.train_gpt",
+                 script: str | os.PathLike | None = None, threads_per_process: int = 1, timeout_s: float = 600,
+                 cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+    """Launch :func:`torchrun_command` and wait; return the finished process (its ``stdout`` as text).
+
+    The workers import the same ``scratchlm`` as the caller (its directory goes first on
+    ``PYTHONPATH``) and get ``OMP_NUM_THREADS=threads_per_process``: N processes with T threads each
+    should not ask for more cores than the machine has. Raises ``RuntimeError`` with the end of the
+    output when a worker fails or the launch runs past ``timeout_s`` (a hung collective).
+    """
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    env["OMP_NUM_THREADS"] = str(threads_per_process)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    command = torchrun_command(nproc, args, module=module, script=script)
+    try:
+        proc = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        raise RuntimeError(f"torchrun ran past {timeout_s} s: {' '.join(command)}\n{out[-2000:]}\n{err[-4000:]}") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"torchrun failed with exit code {proc.returncode}: {' '.join(command)}\n"
+                           f"{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}")
+    return proc

@@ -50,6 +50,8 @@ from .scaling import bus_bandwidth
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scratchlm.distributed.train_gpt", description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="auto: cuda (nccl) when GPUs are present, else cpu (gloo)")
     p.add_argument("--strategy", choices=STRATEGIES, default="single", help="single process, DDP, or FSDP2 (ZeRO-3)")
     p.add_argument("--steps", type=int, default=50, help="optimizer steps in total")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
@@ -129,7 +131,7 @@ def _bench_allreduce(nbytes: int, reps: int, env: DistEnv) -> dict[str, float]:
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse ``argv``, train, print the tables (rank 0); return the results (on every rank)."""
     args = build_parser().parse_args(argv)
-    env = init_distributed()
+    env = init_distributed(None if args.device == "auto" else args.device)
     try:
         return _run(args, env)
     finally:
