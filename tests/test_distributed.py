@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from scratchlm.data.lm import make_lm_get_batch
 from scratchlm.distributed import (
     DistEnv,
     all_reduce_mean,
@@ -38,6 +39,7 @@ from scratchlm.distributed import (
     speedup,
     step_seconds,
     torchrun_command,
+    train_distributed,
     transformer_blocks,
     wrap_model,
     zero_memory,
@@ -45,12 +47,12 @@ from scratchlm.distributed import (
 from scratchlm.distributed.train_gpt import run
 from scratchlm.errors import CheckpointError
 from scratchlm.models.gpt import GPT, GPTConfig
-from scratchlm.training import adamw_with_decay_groups
+from scratchlm.training import TrainConfig, adamw_with_decay_groups, build_optimizer, causal_lm_loss, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SINGLE = DistEnv(0, 0, 1, torch.device("cpu"), None, False)
 COMMON = ["--steps", "4", "--batch-size", "8", "--block-size", "16", "--n-layers", "2", "--n-heads", "2",
-          "--d-model", "32", "--warmup", "2", "--lr", "3e-3", "--eval-batches", "2", "--quiet"]
+          "--d-model", "32", "--warmup", "2", "--lr", "3e-3", "--eval-batches", "2", "--device", "cpu", "--quiet"]
 LAUNCH_TIMEOUT_S = 300  # generous for a loaded CI machine; the launch takes ~10 s on 2 idle cores
 
 
@@ -259,6 +261,33 @@ def test_sharded_checkpoint_round_trip_and_errors(tmp_path):
         read_sharded_checkpoint_metadata(path)
     with pytest.raises(TypeError, match="JSON-serialisable"):
         save_sharded_checkpoint(tmp_path, model, opt, step=8, metadata={"bad": {1, 2}})
+
+
+def test_train_distributed_checks_its_arguments():
+    model = GPT(GPTConfig(vocab_size=10, block_size=4, n_layers=1, n_heads=1, d_model=8))
+    opt = torch.optim.AdamW(model.parameters())
+    with pytest.raises(TypeError, match="TrainConfig"):
+        train_distributed(model, opt, lambda s, i: None, causal_lm_loss, {"max_steps": 2})
+    with pytest.raises(ValueError, match="start_step"):
+        train_distributed(model, opt, lambda s, i: None, causal_lm_loss, TrainConfig(max_steps=2), start_step=3)
+
+
+def test_train_distributed_in_one_process_equals_the_package_loop():
+    # No process group: the written-out step must be train()'s step (same schedule, accumulation, clipping).
+    data = {"train": torch.randint(0, 12, (500,)), "val": torch.randint(0, 12, (200,))}
+    get_batch = make_lm_get_batch(data, batch_size=4, block_size=8, seed=3)
+    cfg = TrainConfig(max_steps=5, warmup_steps=2, learning_rate=3e-3, grad_accum_steps=2, eval_every=0,
+                      progress=False, fused=False)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(GPT(GPTConfig(vocab_size=12, block_size=8, n_layers=1, n_heads=2, d_model=16)))
+    train(models[0], get_batch, causal_lm_loss, cfg)
+    opt = build_optimizer(models[1], cfg)
+    records = train_distributed(models[1], opt, get_batch, causal_lm_loss, cfg)
+    assert [r.step for r in records] == [1, 2, 3, 4, 5]
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_script_refuses_ddp_without_torchrun(monkeypatch):
