@@ -231,13 +231,38 @@ def run_torchrun(nproc: int, args: Sequence[str], *, module: str | None = "scrat
     env["OMP_NUM_THREADS"] = str(threads_per_process)
     env.setdefault("PYTHONUNBUFFERED", "1")
     command = torchrun_command(nproc, args, module=module, script=script)
+    # Its own session, so that a timeout or an interrupt can stop torchrun *and* its workers: killing
+    # torchrun alone (what subprocess.run does on a timeout) would leave the workers running.
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        proc = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-        raise RuntimeError(f"torchrun ran past {timeout_s} s: {' '.join(command)}\n{out[-2000:]}\n{err[-4000:]}") from None
+        out, err = proc.communicate(timeout=timeout_s)
+    except BaseException as exc:  # TimeoutExpired, KeyboardInterrupt (a notebook's stop button), ...
+        _stop_group(proc)
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise RuntimeError(f"torchrun ran past {timeout_s} s and was stopped: {' '.join(command)}") from None
+        raise
     if proc.returncode != 0:
         raise RuntimeError(f"torchrun failed with exit code {proc.returncode}: {' '.join(command)}\n"
-                           f"{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}")
-    return proc
+                           f"{out[-2000:]}\n{err[-6000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the launch's process group (torchrun forwards it to the workers), SIGKILL what is left."""
+    import signal
+
+    if not hasattr(os, "killpg"):  # Windows: no process groups to signal
+        proc.kill()
+        proc.communicate()
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.communicate(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue

@@ -49,6 +49,11 @@ def _as_local(value: torch.Tensor) -> torch.Tensor:
     return full() if callable(full) else value
 
 
+def _log_dtype(param: torch.Tensor) -> torch.dtype:
+    """float64 for float64 models (their losses are compared at 1e-9), float32 otherwise."""
+    return torch.float64 if param.dtype == torch.float64 else torch.float32
+
+
 def grad_norm_and_clip(params: list[nn.Parameter], grad_clip: float) -> torch.Tensor:
     """‖g‖₂ over all gradients (all shards, under FSDP2), clipping to ``grad_clip`` when > 0."""
     max_norm = grad_clip if grad_clip > 0 else float("inf")  # inf: measure, never scale
@@ -82,6 +87,7 @@ def train_distributed(
     core = unwrap_model(model)
     params = [p for p in core.parameters() if p.requires_grad]
     device = next(iter(params)).device
+    dtype = _log_dtype(params[0])
     A = cfg.grad_accum_steps
     records: list[StepRecord] = []
     model.train()
@@ -90,14 +96,14 @@ def train_distributed(
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)  # ()
+        loss_sum = torch.zeros((), device=device, dtype=dtype)  # ()
         for micro in range(A):
             batch = get_batch("train", step * A + micro)  # this rank's rows of the global micro-batch
             with grad_sync_context(model, sync=micro == A - 1):  # communicate on the last one only
                 with autocast_context(device, cfg.autocast):
                     loss = loss_fn(model, batch)  # ()
                 (loss / A).backward()
-            loss_sum += loss.detach().float()
+            loss_sum += loss.detach().to(dtype)
         norm = grad_norm_and_clip(params, cfg.grad_clip)  # () the same on every rank
         if not bool(all_ranks_ok(torch.isfinite(loss_sum) & torch.isfinite(norm))):
             optimizer.zero_grad(set_to_none=True)
@@ -121,13 +127,14 @@ def evaluate_distributed(model: nn.Module, get_batch: Callable[[str, int], Any],
     Every rank must call it (under FSDP2 the forward pass all-gathers weights from every rank).
     """
     was_training = model.training
-    device = next(unwrap_model(model).parameters()).device
+    first = next(unwrap_model(model).parameters())
+    device, dtype = first.device, _log_dtype(first)
     model.eval()
     try:
         losses = []
         for i in indices:
             with autocast_context(device, autocast):
-                losses.append(loss_fn(model, get_batch(split, i)).float())  # ()
+                losses.append(loss_fn(model, get_batch(split, i)).to(dtype))  # ()
     finally:
         model.train(was_training)
     if not losses:

@@ -13,7 +13,8 @@ with bytes per parameter p, g, k:
 
 * ``"mixed"`` (the paper's case, bf16/fp16 training): p = 2, g = 2, k = 12 (an fp32 master copy of
   the weights plus fp32 m and v), so 16Ψ per rank without sharding, 16Ψ/N with ZeRO-3;
-* ``"fp32"`` (what this book runs on CPUs): p = 4, g = 4, k = 8 (m and v), also 16Ψ in total.
+* ``"fp32"`` (what this book trains with on CPUs): p = 4, g = 4, k = 8 (m and v), also 16Ψ in total;
+* ``"fp64"`` (Chapter 14's equivalence runs, where rounding must not hide a difference): 8, 8, 16.
 
 Activations, temporary buffers and FSDP's transiently gathered blocks come on top; this table is
 the *steady state* that sharding divides. FSDP2 splits every tensor along dim 0 into N chunks as
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 # bytes per parameter (parameters, gradients, optimizer state) for Adam(W)
-PRECISIONS: dict[str, tuple[int, int, int]] = {"fp32": (4, 4, 8), "mixed": (2, 2, 12)}
+PRECISIONS: dict[str, tuple[int, int, int]] = {"fp32": (4, 4, 8), "mixed": (2, 2, 12), "fp64": (8, 8, 16)}
 ZERO_STAGES = (0, 1, 2, 3)
 
 

@@ -47,6 +47,8 @@ from .loop import StepRecord, evaluate_distributed, train_distributed
 from .memory import MemoryBytes, measure_memory
 from .scaling import bus_bandwidth
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scratchlm.distributed.train_gpt", description=__doc__.split("\n")[0])
@@ -66,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                   help="parameter dtype; float64 makes float rounding too small to hide any difference between runs")
     p.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on CUDA only")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every this many steps (and at the end); 0: end only")
@@ -101,6 +105,8 @@ def _check_args(args: argparse.Namespace, env: DistEnv) -> None:
     if args.batch_size % env.world_size:
         raise ValueError(f"--batch-size {args.batch_size} is the global batch: it must be divisible by the "
                          f"{env.world_size} processes")
+    if args.dtype == "float64" and args.autocast == "bf16":
+        raise ValueError("--dtype float64 with --autocast bf16 computes in bf16 anyway; use --autocast off")
     if (args.checkpoint_every or args.resume == "latest") and not args.checkpoint_dir:
         raise ValueError("--checkpoint-every and --resume (without a path) need --checkpoint-dir")
 
@@ -113,9 +119,10 @@ def _gather(obj: Any, env: DistEnv) -> list[Any]:
     return out
 
 
-def _bench_allreduce(nbytes: int, reps: int, env: DistEnv) -> dict[str, float]:
-    """Median time of an all-reduce of ``nbytes`` (fp32) over all ranks, and its bus bandwidth."""
-    buf = torch.ones(nbytes // 4, device=env.device)  # (Ψ,)
+def _bench_allreduce(numel: int, dtype: torch.dtype, reps: int, env: DistEnv) -> dict[str, float]:
+    """Median time of an all-reduce of ``numel`` elements of ``dtype`` over all ranks, and its bus bandwidth."""
+    buf = torch.ones(numel, dtype=dtype, device=env.device)  # (Ψ,)
+    nbytes = buf.nelement() * buf.element_size()
     times = []
     for _ in range(reps + 1):  # the first call sets up connections: not timed
         torch.distributed.barrier()
@@ -152,12 +159,13 @@ def _run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     gcfg = GPTConfig(vocab_size=vocab_size, block_size=args.block_size, n_layers=args.n_layers,
                      n_heads=args.n_heads, d_model=args.d_model, dropout=args.dropout, bias=False, activation="gelu")
-    model = GPT(gcfg).to(env.device)
+    model = GPT(gcfg).to(env.device, DTYPES[args.dtype])
     num_params = model.num_params(non_embedding=False)
     cfg = TrainConfig(max_steps=args.steps, learning_rate=args.lr, min_lr=args.min_lr, warmup_steps=args.warmup,
                       weight_decay=args.weight_decay, grad_clip=args.grad_clip, grad_accum_steps=args.grad_accum,
                       autocast=args.autocast)
     fingerprint = training_fingerprint(cfg, global_batch("train", 0), model)  # global shapes: any world size
+    fingerprint["dtype"] = args.dtype
     model = wrap_model(model, args.strategy, env)
     optimizer = build_optimizer(unwrap_model(model), cfg)  # after wrapping: FSDP2's params are shards
     say(f"[train_gpt] strategy={args.strategy} world_size={env.world_size} backend={env.backend} "
@@ -229,15 +237,14 @@ def _run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
     slowest = max(r["step_ms"] for r in ranks) / 1000
     result: dict[str, Any] = {
         "strategy": args.strategy, "world_size": env.world_size, "backend": env.backend, "device": str(env.device),
-        "threads": torch.get_num_threads(), "args": vars(args), "model": asdict(gcfg), "num_params": num_params,
+        "threads": torch.get_num_threads(), "dtype": args.dtype, "args": vars(args), "model": asdict(gcfg), "num_params": num_params,
         "history": history, "resumed": resumed, "checkpoints": checkpoints, "ranks": ranks, "wall_s": wall,
         "global": {"step_ms": 1000 * slowest, "tokens_per_s": tokens_rank * env.world_size / slowest,
                    "final_loss": history["loss"][-1] if history["loss"] else None,
                    "final_val_loss": history["val_loss"][-1] if history["val_loss"] else None},
     }
     if args.bench_allreduce and env.distributed:
-        grad_bytes = 4 * sum(p.numel() for p in dict.fromkeys(unwrap_model(model).parameters()))
-        result["allreduce"] = _bench_allreduce(grad_bytes, args.bench_allreduce, env)
+        result["allreduce"] = _bench_allreduce(num_params, DTYPES[args.dtype], args.bench_allreduce, env)
     _print_tables(result, say)
     if args.params_out:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
