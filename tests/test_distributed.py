@@ -1,7 +1,7 @@
 """Tests for scratchlm.distributed (Chapter 14): sharding, ZeRO arithmetic, ring all-reduce, DCP
 checkpoints, and DDP / FSDP2 under a real ``torchrun`` launch against single-process training.
 
-The torchrun tests share ONE launch of 2 processes (gloo, CPU): tests/distributed_worker.py runs
+The torchrun tests share ONE launch of 2 processes (gloo, CPU): `launch_runs` (run_many) runs
 DDP and FSDP2, with and without gradient accumulation, and a resume from a 1-process checkpoint;
 the single-process references (and the resume from the 2-process checkpoint) run in this process.
 """
@@ -31,12 +31,12 @@ from scratchlm.distributed import (
     fsdp_shard_numel,
     init_distributed,
     latest_checkpoint,
+    launch_runs,
     load_sharded_checkpoint,
     make_sharded_get_batch,
     measure_memory,
     read_sharded_checkpoint_metadata,
     ring_allreduce_seconds,
-    run_torchrun,
     save_sharded_checkpoint,
     shard_batch,
     speedup,
@@ -367,20 +367,18 @@ def _launch_all(out: Path, timings: dict[str, float]):
     single("single_a2", ["--grad-accum", "2", "--checkpoint-dir", str(out / "ck_single"), "--checkpoint-every", "2"])
     single("single_f32", ["--grad-accum", "2", "--dtype", "float32"])
     timings["single"] = time.perf_counter() - t0
-    spec = {"common": COMMON, "out": str(out), "runs": [
-        ["ddp_a1", ["--strategy", "ddp", "--grad-accum", "1"]],
-        ["ddp_a2", ["--strategy", "ddp", "--grad-accum", "2"]],
-        ["fsdp_a1", ["--strategy", "fsdp", "--grad-accum", "1"]],
-        ["fsdp_a2", ["--strategy", "fsdp", "--grad-accum", "2", "--checkpoint-dir", str(out / "ck_fsdp"),
-                     "--checkpoint-every", "2"]],
-        ["fsdp_from_1", ["--strategy", "fsdp", "--grad-accum", "2", "--resume", str(out / "ck_single" / "step_00000002")]],
-        ["ddp_f32", ["--strategy", "ddp", "--grad-accum", "2", "--dtype", "float32"]],
-    ]}
-    (out / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+    launches = {
+        "ddp_a1": ["--strategy", "ddp", "--grad-accum", "1"],
+        "ddp_a2": ["--strategy", "ddp", "--grad-accum", "2"],
+        "fsdp_a1": ["--strategy", "fsdp", "--grad-accum", "1"],
+        "fsdp_a2": ["--strategy", "fsdp", "--grad-accum", "2", "--checkpoint-dir", str(out / "ck_fsdp"),
+                    "--checkpoint-every", "2"],
+        "fsdp_from_1": ["--strategy", "fsdp", "--grad-accum", "2", "--resume", str(out / "ck_single" / "step_00000002")],
+        "ddp_f32": ["--strategy", "ddp", "--grad-accum", "2", "--dtype", "float32"],
+    }
     t0 = time.perf_counter()
-    try:
-        run_torchrun(2, [str(out / "spec.json")], module=None, script=ROOT / "tests" / "distributed_worker.py",
-                     timeout_s=LAUNCH_TIMEOUT_S, cwd=out)
+    try:  # one launch for all of them: starting the processes costs more than these runs
+        launch_runs(2, launches, out, common=COMMON, timeout_s=LAUNCH_TIMEOUT_S)
     except RuntimeError as exc:
         pytest.fail(str(exc))
     timings["torchrun"] = time.perf_counter() - t0
@@ -473,3 +471,10 @@ def test_memory_per_rank_matches_the_arithmetic(runs):
     for rank in results["ddp_a1"][0]["ranks"]:
         m = rank["memory"]
         assert (m["parameters"], m["gradients"], m["optimizer"]) == (ddp.parameters, ddp.gradients, ddp.optimizer)
+
+
+def test_launch_runs_checks_its_arguments(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        launch_runs(2, {}, tmp_path)
+    with pytest.raises(ValueError, match="file names"):
+        launch_runs(2, {"a/b": []}, tmp_path)

@@ -8,7 +8,8 @@ arithmetic (introduced in Chapter 14).
 * :mod:`~scratchlm.distributed.checkpoint`: sharded checkpoints (DCP), saved by N ranks, loaded by M;
 * :mod:`~scratchlm.distributed.memory`: ZeRO's bytes per rank, and the bytes a run really holds;
 * :mod:`~scratchlm.distributed.scaling`: ring all-reduce time and a compute/communication step model;
-* :mod:`~scratchlm.distributed.train_gpt`: the one training script (``python -m`` or ``torchrun -m``).
+* :mod:`~scratchlm.distributed.train_gpt`: the one training script (``python -m`` or ``torchrun -m``);
+* :mod:`~scratchlm.distributed.run_many`: several of its runs in one launch (start-up paid once).
 """
 
 from .checkpoint import (
@@ -26,6 +27,7 @@ from .launch import (
     cleanup_distributed,
     default_device_type,
     init_distributed,
+    launch_runs,
     make_mesh,
     run_torchrun,
     torchrun_command,
@@ -70,6 +72,7 @@ __all__ = [
     "grad_norm_and_clip",
     "init_distributed",
     "latest_checkpoint",
+    "launch_runs",
     "load_sharded_checkpoint",
     "local_tensor",
     "make_mesh",

@@ -22,13 +22,15 @@ Started without ``torchrun`` (plain ``python``), it runs as a single process wit
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -266,3 +268,32 @@ def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def launch_runs(nproc: int, runs: Mapping[str, Sequence[Any]], out: str | os.PathLike, *,
+                common: Sequence[Any] = (), threads_per_process: int = 1,
+                timeout_s: float = 600) -> dict[str, dict[str, Any]]:
+    """Run every ``train_gpt`` configuration of ``runs`` (name → extra arguments) in one launch of
+    ``nproc`` processes; return ``{name: results JSON}`` (weights: ``out/<name>.safetensors``).
+
+    Runs execute in the given order, so a later one may resume from an earlier one's checkpoint.
+    Raises ``RuntimeError`` (with the workers' output) when a run fails or the launch times out; the
+    whole launch, workers included, is stopped then (:func:`~scratchlm.distributed.run_torchrun`).
+    """
+    if not runs:
+        raise ValueError("runs is empty: give at least one name -> arguments")
+    bad = [n for n in runs if not n or "/" in n or os.sep in n]
+    if bad:
+        raise ValueError(f"run names become file names; got {bad!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {"common": [str(a) for a in common], "out": str(out),
+            "runs": [[name, [str(a) for a in extra]] for name, extra in runs.items()]}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=out, delete=False, encoding="utf-8") as f:
+        json.dump(spec, f)
+    try:
+        run_torchrun(nproc, [f.name], module="scratchlm.distributed.run_many",
+                     threads_per_process=threads_per_process, timeout_s=timeout_s, cwd=out)
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+    return {name: json.loads((out / f"{name}.json").read_text(encoding="utf-8")) for name in runs}
