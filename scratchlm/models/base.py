@@ -35,7 +35,8 @@ def token_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     cannot poison the weights; :meth:`PreTrainedModel.validate_inputs` reports such a batch.
     Introduced in Chapter 06.
     """
-    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+    logits = logits if logits.dtype == torch.float64 else logits.float()  # bf16/fp16 up to fp32, never fp64 down
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                             ignore_index=IGNORE_INDEX, reduction="sum")  # scalar
     count = (labels != IGNORE_INDEX).sum().clamp(min=1)  # scalar, no host sync
     return total / count
