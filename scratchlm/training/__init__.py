@@ -11,7 +11,13 @@ from .checkpoint import (
 from .config import TrainConfig, TrainHistory
 from .distributed import all_ranks_ok, get_rank, grad_sync_context, is_main_process, unwrap_model
 from .loop import autocast_context, causal_lm_loss, evaluate, train
-from .optim import adamw_with_decay_groups, build_optimizer, fused_adamw_available, lr_at
+from .optim import (
+    adamw_from_param_groups,
+    adamw_with_decay_groups,
+    build_optimizer,
+    fused_adamw_available,
+    lr_at,
+)
 from .preflight import (
     batch_signature,
     check_checkpoint_writable,
@@ -25,6 +31,7 @@ __all__ = [
     "RESERVED_KEYS",
     "TrainConfig",
     "TrainHistory",
+    "adamw_from_param_groups",
     "adamw_with_decay_groups",
     "all_ranks_ok",
     "autocast_context",
