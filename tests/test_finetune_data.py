@@ -29,7 +29,7 @@ from scratchlm.finetune import (
     text_task,
     ud_pos_task,
 )
-from scratchlm.models import BertConfig, BertModel, GPT, GPTConfig
+from scratchlm.models import GPT, BertConfig, BertModel, GPTConfig
 from scratchlm.tokenizers import WordPieceTokenizer
 
 

@@ -5,7 +5,8 @@ local rows — the registry's files — and formatted with ``.set_format("torch"
 the pad id and how many examples were truncated. Three kinds of task cover Chapter 09:
 
 * ``classification`` / ``regression`` — one text (or a pair in one input, a *cross-encoder*:
-  ``[CLS] a [SEP] b [SEP]`` with ``token_type_ids``) → ``input_ids``, ``token_type_ids``, ``labels``;
+  ``[CLS] a [SEP] b [SEP]`` with ``token_type_ids``) → ``input_ids``, ``token_type_ids``, ``labels``
+  (a decoder's byte-BPE tokenizer: ``input_ids`` ending in ``<eos>``, no ``token_type_ids``);
 * ``pair`` — a pair embedded side by side (a *bi-encoder*) → ``input_ids_a``, ``input_ids_b``, ``labels``;
 * ``tagging`` — one tag per word → ``input_ids`` with ``labels`` on the first sub-word of each word
   and −100 on the other sub-words and on ``[CLS]``/``[SEP]``.
@@ -26,6 +27,7 @@ pad id, and ``max_length`` against the position table. Introduced in Chapter 09.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import warnings
@@ -118,25 +120,42 @@ def _targets(scores: Sequence[Any], where: str) -> list[float]:
     return out
 
 
-class _Tokenizer:
-    """What the builders need from a tokenizer (WordPieceTokenizer has all of it)."""
-
-    pad_id: int
-    cls_id: int
-    sep_id: int
-    vocab_size: int
-
-    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]: ...
-
-
-def _check_tokenizer(tokenizer: Any) -> None:
-    for attr in ("encode", "pad_id", "cls_id", "sep_id", "vocab_size"):
+def _check_tokenizer(tokenizer: Any, *, needs_cls_sep: bool = False) -> None:
+    for attr in ("encode", "pad_id", "vocab_size"):
         if not hasattr(tokenizer, attr):
-            raise TypeError(f"tokenizer must have .{attr} (a BERT-style tokenizer such as WordPieceTokenizer); "
+            raise TypeError(f"tokenizer must have .{attr} (a scratchlm tokenizer such as WordPieceTokenizer); "
                             f"got {type(tokenizer).__name__}")
-    for attr in ("pad_id", "cls_id", "sep_id"):
-        if not isinstance(getattr(tokenizer, attr), int):
-            raise ValueError(f"tokenizer.{attr} must be an int id; got {getattr(tokenizer, attr)!r}")
+    if not isinstance(tokenizer.pad_id, int):
+        raise ValueError(f"tokenizer.pad_id must be an int id (train the tokenizer with a pad token); "
+                         f"got {tokenizer.pad_id!r}")
+    if needs_cls_sep and not (isinstance(getattr(tokenizer, "cls_id", None), int)
+                              and isinstance(getattr(tokenizer, "sep_id", None), int)):
+        raise ValueError("this task needs a BERT-style tokenizer with [CLS] and [SEP] ids")
+
+
+def plain_ids(tokenizer: Any, text: str) -> list[int]:
+    """The ids of ``text`` without special tokens, for a WordPiece (``add_special_tokens``) or a
+    byte-BPE tokenizer (``allow_special=False``: a special-token string in the text stays text)."""
+    params = inspect.signature(tokenizer.encode).parameters
+    if "add_special_tokens" in params:
+        return tokenizer.encode(text, add_special_tokens=False)
+    if "allow_special" in params:
+        return tokenizer.encode(text, allow_special=False)
+    return tokenizer.encode(text)
+
+
+def wrap_ids(tokenizer: Any, ids: list[int]) -> list[int]:
+    """``[CLS] ids [SEP]`` for an encoder tokenizer; ``ids <eos>`` for a decoder's (the last token, which
+    a causal model lets see the whole text, is then always the same marker); ``ids`` otherwise."""
+    cls, sep = getattr(tokenizer, "cls_id", None), getattr(tokenizer, "sep_id", None)
+    if isinstance(cls, int) and isinstance(sep, int):
+        return [cls, *ids, sep]
+    eos = getattr(tokenizer, "eos_id", None)
+    return [*ids, eos] if isinstance(eos, int) else list(ids)
+
+
+def _n_specials(tokenizer: Any) -> int:
+    return len(wrap_ids(tokenizer, []))
 
 
 def check_task_fits(task: TaskData, tokenizer: Any, model: Any) -> None:
@@ -163,8 +182,8 @@ def check_task_fits(task: TaskData, tokenizer: Any, model: Any) -> None:
     if task.pad_id != tokenizer.pad_id or (model_pad is not None and model_pad != tokenizer.pad_id):
         raise ValueError(f"tokenizer/model mismatch: pad ids differ (task {task.pad_id}, tokenizer {tokenizer.pad_id}, "
                          f"model config {model_pad})")
-    for name in ("cls_id", "sep_id"):
-        if not 0 <= getattr(tokenizer, name) < rows:
+    for name in ("cls_id", "sep_id", "eos_id"):
+        if isinstance(getattr(tokenizer, name, None), int) and not 0 <= getattr(tokenizer, name) < rows:
             raise ValueError(f"tokenizer.{name}={getattr(tokenizer, name)} lies outside the model's {rows} embeddings")
     if positions is not None and task.max_length > positions:
         raise ValueError(f"task {task.name!r} allows sequences of {task.max_length} tokens but the model has only "
@@ -201,15 +220,14 @@ def _fingerprint(*parts: object) -> str:
 
 
 def _encode_text(tokenizer: Any, text: str, max_length: int) -> tuple[list[int], bool]:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    cut = len(ids) > max_length - 2
-    return [tokenizer.cls_id, *ids[: max_length - 2], tokenizer.sep_id], cut
+    ids = plain_ids(tokenizer, text)
+    room = max_length - _n_specials(tokenizer)
+    return wrap_ids(tokenizer, ids[:room]), len(ids) > room
 
 
 def _encode_pair(tokenizer: Any, a: str, b: str, max_length: int) -> tuple[list[int], list[int], bool]:
     """``[CLS] a [SEP] b [SEP]``; when too long the longer side is cut first (``longest_first``)."""
-    ia = tokenizer.encode(a, add_special_tokens=False)
-    ib = tokenizer.encode(b, add_special_tokens=False)
+    ia, ib = plain_ids(tokenizer, a), plain_ids(tokenizer, b)
     budget = max_length - 3
     cut = len(ia) + len(ib) > budget
     while len(ia) + len(ib) > budget:
@@ -230,7 +248,10 @@ def _warn_truncated(name: str, truncated: dict[str, int], max_length: int) -> No
 
 
 def _text_encoder(tokenizer: Any, max_length: int, pair: bool, count: list[int]):
-    """The ``map`` function of :func:`text_task`; ``count[0]`` counts truncated examples."""
+    """The ``map`` function of :func:`text_task`; ``count[0]`` counts truncated examples.
+
+    ``token_type_ids`` only for BERT-style tokenizers (a GPT takes no segment ids)."""
+    segments = isinstance(getattr(tokenizer, "cls_id", None), int)
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         ids, types = [], []
@@ -243,7 +264,10 @@ def _text_encoder(tokenizer: Any, max_length: int, pair: bool, count: list[int])
             count[0] += cut
             ids.append(x)
             types.append(tt)
-        return {"input_ids": ids, "token_type_ids": types, "length": [len(x) for x in ids]}
+        out = {"input_ids": ids, "length": [len(x) for x in ids]}
+        if segments:
+            out["token_type_ids"] = types
+        return out
 
     return encode
 
@@ -286,8 +310,10 @@ def text_task(name: str, splits: Mapping[str, Sequence[tuple[Any, ...]]], tokeni
               label_names: Sequence[str] | None = None, max_length: int = 128, warn: bool = True) -> TaskData:
     """Classification (``label_names`` given) or regression (``None``) over texts or pairs in one input.
 
-    Rows are ``(label, text)`` or ``(label, text_a, text_b)`` (a cross-encoder pair). Labels are
-    names or ids in ``label_names``; regression targets must be finite numbers.
+    Rows are ``(label, text)`` or ``(label, text_a, text_b)`` (a cross-encoder pair, which needs a
+    BERT-style tokenizer). Labels are names or ids in ``label_names``; regression targets must be
+    finite numbers. Texts get ``[CLS] … [SEP]`` from a WordPiece tokenizer and ``… <eos>`` from a
+    byte-BPE one with an eos token (a GPT classifier, Chapter 09; see :func:`wrap_ids`).
     """
     _check_splits(splits, name)
     _check_tokenizer(tokenizer)
@@ -299,6 +325,8 @@ def text_task(name: str, splits: Mapping[str, Sequence[tuple[Any, ...]]], tokeni
         if not widths <= {2, 3} or len(widths) != 1:
             raise ValueError(f"{name}/{split}: rows must all be (label, text) or all (label, text_a, text_b); "
                              f"got row widths {sorted(widths)}")
+        if widths == {3}:
+            _check_tokenizer(tokenizer, needs_cls_sep=True)
         where = f"{name}/{split}"
         labels = (_label_ids([r[0] for r in rows], label_names, where) if label_names is not None
                   else _targets([r[0] for r in rows], where))
@@ -311,7 +339,9 @@ def text_task(name: str, splits: Mapping[str, Sequence[tuple[Any, ...]]], tokeni
                 raise TypeError(f"{where}: texts must be str; got {type(t).__name__} at position {i}")
         count = [0]
         encode = _text_encoder(tokenizer, max_length, pair, count)
-        out[split] = _to_dataset(cols, encode, ("input_ids", "token_type_ids", "labels", "length"),
+        columns = ("input_ids", "token_type_ids", "labels", "length") if isinstance(getattr(tokenizer, "cls_id", None), int) \
+            else ("input_ids", "labels", "length")
+        out[split] = _to_dataset(cols, encode, columns,
                                  _fingerprint(name, split, max_length, len(rows)))
         truncated[split] = count[0]
     if warn:
@@ -360,7 +390,7 @@ def align_first_subword(tokenizer: Any, words: Sequence[str], tag_ids: Sequence[
     unk = getattr(tokenizer, "unk_id", None)
     ids, labels = [tokenizer.cls_id], [IGNORE_INDEX]
     for word, tag in zip(words, tag_ids, strict=True):
-        pieces = tokenizer.encode(word, add_special_tokens=False) or ([unk] if unk is not None else [tokenizer.sep_id])
+        pieces = plain_ids(tokenizer, word) or ([unk] if unk is not None else [tokenizer.sep_id])
         ids.extend(pieces)
         labels.extend([tag] + [IGNORE_INDEX] * (len(pieces) - 1))
     ids.append(tokenizer.sep_id)
@@ -376,7 +406,7 @@ def tagging_task(name: str, splits: Mapping[str, Sequence[tuple[Sequence[str], S
     would drop words from the evaluation without a trace).
     """
     _check_splits(splits, name)
-    _check_tokenizer(tokenizer)
+    _check_tokenizer(tokenizer, needs_cls_sep=True)
     max_length = _check_max_length(max_length, 3)
     index = {t: i for i, t in enumerate(tag_names)}
     if len(index) != len(tag_names) or not tag_names:
