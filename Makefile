@@ -8,7 +8,7 @@ TORCH_CPU ?= torch==2.13.0
 # torch on a CUDA machine: whatever pip picks for it; an existing torch is never replaced.
 TORCH_GPU ?= torch>=2.4
 
-.PHONY: setup vendor browser book student-book test lint bench clean
+.PHONY: setup vendor browser book site student-book test learner-test lint sync-setup-cells bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,17 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver; fi; }
 
+# Re-executes only the chapters whose code changed since the last build under the same profile; a
+# change to scratchlm/, pyproject.toml, torch, Python or SCRATCHLM_DEVICE re-executes them all
+# (execute_notebooks: cache in _config.yml; the cache logic is in book/_ext/scratchlm_book.py).
 book: setup vendor
 	env -u MPLBACKEND $(BIN)/jupyter-book build . -W -n --keep-going
+
+# The website readers see: built from nothing -- no cached outputs, no pages kept from an earlier
+# build -- under the default profile (cpu without CUDA, gpu with it; SCRATCHLM_PROFILE=... to choose).
+site: setup vendor
+	rm -rf _build/html _build/.doctrees _build/jupyter_execute _build/.jupyter_cache
+	env -u MPLBACKEND $(BIN)/jupyter-book build . -W -n --keep-going --all
 
 # The same site without exercise solutions, for students.
 student-book: setup vendor
@@ -43,6 +52,15 @@ student-book: setup vendor
 
 lint: setup
 	$(BIN)/ruff check scratchlm tests conftest.py book
+	$(BIN)/python book/sync_setup_cell.py --check
+
+# Rewrite every chapter's set-up cell from _config.yml (sphinx.config.scratchlm_install_source).
+sync-setup-cells: setup
+	$(BIN)/python book/sync_setup_cell.py
+
+# Only the chapters run the way a learner runs them (part of `make test` too; ~1.5 min).
+learner-test: setup
+	$(BIN)/python -m pytest -m learner -ra
 
 test: setup vendor browser lint
 	$(BIN)/python -m pytest -ra

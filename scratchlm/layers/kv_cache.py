@@ -69,3 +69,13 @@ class KVCache:
 
     def __repr__(self) -> str:
         return f"KVCache(layers={len(self.layers)}, seen={self.seq_length()}, batch={self.batch_size})"
+
+
+def cache_for(past_key_values: KVCache | None, use_cache: bool) -> KVCache | None:
+    """The cache a forward pass extends: the one passed in, a new one if ``use_cache``, else None."""
+    if past_key_values is not None:
+        if not isinstance(past_key_values, KVCache):
+            raise TypeError(f"past_key_values must be a KVCache (from a previous call with use_cache=True); "
+                            f"got {type(past_key_values).__name__}")
+        return past_key_values
+    return KVCache() if use_cache else None

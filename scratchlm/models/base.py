@@ -94,6 +94,13 @@ class PreTrainedModel(nn.Module):
     config_class: ClassVar[type]
     required_hf_fields: ClassVar[tuple[str, ...]] = ()
 
+    def __init__(self, config) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} expects a {self.config_class.__name__}; "
+                            f"got {type(config).__name__}")
+        self.config = config
+
     # ---- hooks -------------------------------------------------------------------------------
     def config_to_hf(self) -> dict[str, Any]:
         raise NotImplementedError

@@ -169,10 +169,7 @@ class BertModel(_BertBase):
     """The BERT encoder: embeddings, N post-LN layers, pooler. Introduced in Chapter 07."""
 
     def __init__(self, cfg: BertConfig) -> None:
-        super().__init__()
-        if not isinstance(cfg, BertConfig):
-            raise TypeError(f"BertModel expects a BertConfig; got {type(cfg).__name__}")
-        self.config = cfg
+        super().__init__(cfg)
         self.embeddings = BertEmbeddings(cfg)
         self.encoder = Encoder(cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_ff, dropout=cfg.dropout,
                                activation=cfg.activation, norm_first=False, layer_norm_eps=cfg.norm_eps,
@@ -257,8 +254,7 @@ class BertForPreTraining(_BertBase):
     prefix = "bert."
 
     def __init__(self, cfg: BertConfig) -> None:
-        super().__init__()
-        self.config = cfg
+        super().__init__(cfg)
         self.bert = BertModel(cfg)
         self.cls = BertPreTrainingHeads(cfg, self.bert.embeddings.word_embeddings)
         for module in self.cls.modules():  # not the decoder: its weight is the (initialised) embedding

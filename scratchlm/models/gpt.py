@@ -27,7 +27,17 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from ..layers import ACTIVATIONS, NORMS, EncoderLayer, KVCache, LayerNorm, RMSNorm, RotaryEmbedding, make_norm
+from ..layers import (
+    ACTIVATIONS,
+    NORMS,
+    EncoderLayer,
+    KVCache,
+    LayerNorm,
+    RMSNorm,
+    RotaryEmbedding,
+    cache_for,
+    make_norm,
+)
 from .base import (
     PreTrainedModel,
     build_config,
@@ -103,10 +113,8 @@ class GPT(PreTrainedModel):
     config_class = GPTConfig
 
     def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
-        if not isinstance(config, GPTConfig):
-            raise TypeError(f"GPT expects a GPTConfig; got {type(config).__name__}")
-        self.config = c = config
+        super().__init__(config)
+        c = config
         parts = dict(wte=nn.Embedding(c.vocab_size, c.d_model))  # token embedding (V, C)
         if c.positions == "learned":
             parts["wpe"] = nn.Embedding(c.block_size, c.d_model)  # position embedding (T_max, C)
@@ -187,7 +195,7 @@ class GPT(PreTrainedModel):
         """
         check_ids_tensor("input_ids", input_ids)
         B, T = input_ids.shape
-        cache = past_key_values if past_key_values is not None else (KVCache() if use_cache else None)
+        cache = cache_for(past_key_values, use_cache)
         past_len = 0 if cache is None else cache.seq_length()
         if past_len + T > self.config.block_size:
             raise ValueError(f"sequence of {past_len + T} tokens (cache {past_len} + {T} new) exceeds "

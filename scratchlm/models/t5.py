@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from ..layers import Decoder, Encoder, KVCache
+from ..layers import Decoder, Encoder, KVCache, cache_for
 from ..layers.relative_position import RelativePositionBias, relative_position_bucket
 from .base import (
     PreTrainedModel,
@@ -86,10 +86,7 @@ class T5(PreTrainedModel):
     config_class = T5Config
 
     def __init__(self, cfg: T5Config) -> None:
-        super().__init__()
-        if not isinstance(cfg, T5Config):
-            raise TypeError(f"T5 expects a T5Config; got {type(cfg).__name__}")
-        self.config = cfg
+        super().__init__(cfg)
         self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)  # one table: inputs, targets, output
         common = dict(d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff, dropout=cfg.dropout,
                       activation="relu", norm_first=True, final_norm=True, bias=False, norm="rmsnorm",
@@ -155,7 +152,7 @@ class T5(PreTrainedModel):
             memory = enc if isinstance(enc, Tensor) else enc.last_hidden_state  # (B, S, C)
         else:
             memory = encoder_outputs  # (B, S, C)
-        cache = past_key_values if past_key_values is not None else (KVCache() if use_cache else None)
+        cache = cache_for(past_key_values, use_cache)
         past = 0 if cache is None else cache.seq_length()
         T = decoder_input_ids.shape[1]
         y = self.dropout(self.shared(decoder_input_ids))  # (B, T, C)

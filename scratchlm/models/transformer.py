@@ -18,7 +18,15 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from ..layers import ACTIVATIONS, Decoder, Encoder, KVCache, LayerNorm, SinusoidalPositionalEncoding
+from ..layers import (
+    ACTIVATIONS,
+    Decoder,
+    Encoder,
+    KVCache,
+    LayerNorm,
+    SinusoidalPositionalEncoding,
+    cache_for,
+)
 from .base import (
     PreTrainedModel,
     build_config,
@@ -141,10 +149,7 @@ class EncoderDecoderTransformer(PreTrainedModel):
     config_class = EncoderDecoderConfig
 
     def __init__(self, cfg: EncoderDecoderConfig) -> None:
-        super().__init__()
-        if not isinstance(cfg, EncoderDecoderConfig):
-            raise TypeError(f"cfg must be an EncoderDecoderConfig; got {type(cfg).__name__}")
-        self.config = cfg
+        super().__init__(cfg)
         c = cfg.d_model
         self.tgt_embed = nn.Embedding(cfg.tgt_vocab_size, c)
         self.src_embed = self.tgt_embed if cfg.share_embeddings else nn.Embedding(cfg.src_vocab_size, c)
@@ -189,7 +194,7 @@ class EncoderDecoderTransformer(PreTrainedModel):
             if input_ids is None:
                 raise ValueError("EncoderDecoderTransformer.forward needs input_ids (or encoder_outputs)")
             encoder_outputs = self.encode(input_ids, attention_mask)  # (B, S, C)
-        cache = past_key_values if past_key_values is not None else (KVCache() if use_cache else None)
+        cache = cache_for(past_key_values, use_cache)
         past = 0 if cache is None else cache.seq_length()
         y = self.positions(self.tgt_embed(decoder_input_ids) * self.embed_scale, offset=past)  # (B, T, C)
         tgt_padding = None if decoder_attention_mask is None else decoder_attention_mask == 0  # (B, T_past + T)

@@ -11,7 +11,19 @@ from .checkpoint import (
 from .config import TrainConfig, TrainHistory
 from .distributed import all_ranks_ok, get_rank, grad_sync_context, is_main_process, unwrap_model
 from .loop import autocast_context, causal_lm_loss, evaluate, train
+from .muon import (
+    CUBIC_COEFFICIENTS,
+    QUINTIC_BAND,
+    QUINTIC_COEFFICIENTS,
+    Muon,
+    MuonAdamW,
+    build_muon_adamw,
+    muon_update_scale,
+    newton_schulz_orthogonalize,
+    split_parameters,
+)
 from .optim import (
+    ScaledAdamW,
     adamw_from_param_groups,
     adamw_with_decay_groups,
     build_optimizer,
@@ -28,7 +40,13 @@ from .preflight import (
 )
 
 __all__ = [
+    "CUBIC_COEFFICIENTS",
+    "Muon",
+    "MuonAdamW",
+    "QUINTIC_BAND",
+    "QUINTIC_COEFFICIENTS",
     "RESERVED_KEYS",
+    "ScaledAdamW",
     "TrainConfig",
     "TrainHistory",
     "adamw_from_param_groups",
@@ -36,6 +54,7 @@ __all__ = [
     "all_ranks_ok",
     "autocast_context",
     "batch_signature",
+    "build_muon_adamw",
     "build_optimizer",
     "causal_lm_loss",
     "check_checkpoint_writable",
@@ -49,9 +68,12 @@ __all__ = [
     "load_checkpoint",
     "lr_at",
     "model_signature",
+    "muon_update_scale",
+    "newton_schulz_orthogonalize",
     "read_checkpoint_metadata",
     "remove_orphaned_temp_files",
     "save_checkpoint",
+    "split_parameters",
     "tensor_checksum",
     "train",
     "training_fingerprint",

@@ -182,8 +182,8 @@ def train(
     when training stops with an error.
 
     ``param_groups`` (Chapter 09): optimise these groups instead of all trainable parameters, each
-    at lr(step) · its ``lr_scale`` (see :func:`~scratchlm.training.optim.adamw_from_param_groups`;
-    :func:`scratchlm.finetune.configure_finetuning` makes them). ``on_step(step)`` is called before
+    at lr(step) · its ``lr_scale`` (:class:`~scratchlm.training.optim.ScaledAdamW` applies the scale,
+    as ``MuonAdamW`` does; :func:`scratchlm.finetune.configure_finetuning` makes the groups). ``on_step(step)`` is called before
     each step (0-based, also the first step after a resume) and may switch ``requires_grad`` on
     (gradual unfreezing); it must depend on ``step`` alone, like ``get_batch``.
     """
@@ -260,7 +260,7 @@ def train(
                 on_step(step)
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+                group["lr"] = lr  # an optimizer with per-group lr_scale applies it in its step
             loss_sum = torch.zeros((), device=device)  # ()
             for micro in range(A):
                 index = step * A + micro

@@ -2,8 +2,8 @@
 
 * :func:`lr_at`: linear warm-up, then cosine decay (nanoGPT's schedule).
 * :func:`adamw_with_decay_groups`: AdamW where matrices decay and biases / norm gains don't.
-* :func:`adamw_from_param_groups`: AdamW over caller-given groups with an ``lr_scale`` each
-  (layer-wise learning-rate decay, Chapter 09).
+* :func:`adamw_from_param_groups` → :class:`ScaledAdamW`: AdamW over caller-given groups with an
+  ``lr_scale`` each (layer-wise learning-rate decay, Chapter 09).
 * :func:`build_optimizer`: given groups, else the model's own ``configure_optimizers``, else the above.
 """
 
@@ -89,6 +89,27 @@ def adamw_with_decay_groups(
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, **kwargs)
 
 
+class ScaledAdamW(torch.optim.AdamW):
+    """``torch.optim.AdamW`` whose groups may carry ``lr_scale``: a step uses ``group["lr"] × lr_scale``.
+
+    The book's loop writes one scheduled lr into every group; the scale per group (layer-wise
+    learning-rate decay, Chapter 09) is applied here, for the duration of the step only, so
+    ``group["lr"]`` always shows the schedule — the same convention as
+    :class:`~scratchlm.training.muon.MuonAdamW`. The update itself is PyTorch's (fused when asked).
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - see the class docstring
+        scheduled = [group["lr"] for group in self.param_groups]
+        for group in self.param_groups:
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
+        try:
+            return super().step(closure)
+        finally:
+            for group, lr in zip(self.param_groups, scheduled, strict=True):
+                group["lr"] = lr
+
+
 def adamw_from_param_groups(
     param_groups: Sequence[Mapping[str, Any]],
     *,
@@ -97,12 +118,12 @@ def adamw_from_param_groups(
     betas: tuple[float, float],
     eps: float = 1e-8,
     fused: bool | None = None,
-) -> torch.optim.AdamW:
+) -> ScaledAdamW:
     """AdamW over caller-given groups, each ``{"params": [...], "lr_scale": s, "name": ...}``.
 
     Each group is split by the decay rule of :func:`adamw_with_decay_groups` (matrices decay,
-    biases and gains don't) and keeps its ``lr_scale`` (default 1) and ``name``; the training loop
-    sets the lr of every group to lr(step) · lr_scale (layer-wise learning-rate decay, Chapter 09).
+    biases and gains don't) and keeps its ``lr_scale`` (default 1) and ``name``; every group steps
+    at lr(step) · lr_scale (:class:`ScaledAdamW`; layer-wise learning-rate decay, Chapter 09).
     Parameters that do not require grad *now* are kept (gradual unfreezing switches them on
     later); AdamW skips a parameter while its gradient is None. A parameter in two groups raises.
     """
@@ -129,13 +150,13 @@ def adamw_from_param_groups(
                                     (" (no decay)", [p for p in params if p.dim() < 2], 0.0)):
             if members:
                 groups.append({"params": members, "weight_decay": wd, "lr_scale": float(scale),
-                               "lr": learning_rate * float(scale), "name": name + suffix})
+                               "name": name + suffix})
     if not groups:
         raise ValueError("param_groups hold no parameters")
     if fused is None:
         fused = fused_adamw_available(groups[0]["params"][0].device)
     kwargs = {"fused": True} if fused else {}
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, **kwargs)
+    return ScaledAdamW(groups, lr=learning_rate, betas=betas, eps=eps, **kwargs)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig,
