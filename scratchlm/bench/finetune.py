@@ -145,6 +145,7 @@ def hf_trainer_finetune(hf_model: nn.Module, task: TaskData, *, steps: int, batc
         dataloader_num_workers=0, seed=seed, data_seed=seed, use_cpu=not torch.cuda.is_available(),
     )
     trainer = transformers.Trainer(model=hf_model, args=args, train_dataset=train_ds, data_collator=collator)
+    trainer.remove_callback(transformers.PrinterCallback)  # no end-of-training metrics dict on stdout
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
