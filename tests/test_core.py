@@ -267,26 +267,3 @@ def test_setup_chapter_runs_smoke_single_threaded(monkeypatch, profile, expect_s
         assert (torch.get_num_threads() == 1) is expect_single
     finally:
         torch.set_num_threads(before)
-
-
-def test_chapter_seed_from_argument_environment_or_default(monkeypatch, capsys):
-    from scratchlm.runtime.context import chapter_seed
-
-    monkeypatch.delenv("SCRATCHLM_SEED", raising=False)
-    assert chapter_seed() == 1337
-    monkeypatch.setenv("SCRATCHLM_SEED", " 2 ")
-    assert chapter_seed() == 2
-    assert chapter_seed(5) == 5  # an explicit seed wins
-    monkeypatch.setenv("SCRATCHLM_PROFILE", "smoke")
-    monkeypatch.setenv("SCRATCHLM_DEVICE", "cpu")
-    ctx = scratchlm.setup_chapter("09", quiet=True)
-    assert ctx.seed == 2
-    after_setup = torch.rand(2).tolist()
-    scratchlm.seed_everything(2)
-    assert torch.rand(2).tolist() == after_setup  # set-up seeded torch with the environment's seed
-    for bad in ("two", "1.5", "-3"):
-        monkeypatch.setenv("SCRATCHLM_SEED", bad)
-        with pytest.raises(ValueError, match="SCRATCHLM_SEED"):
-            chapter_seed()
-    monkeypatch.setenv("SCRATCHLM_SEED", "")
-    assert chapter_seed() == 1337

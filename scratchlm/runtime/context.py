@@ -11,7 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .profiles import Profile, current_profile
+from .env import env_int
+from .profiles import MAX_STEPS_ENV, Profile, current_profile, step_cap
+
+SEED_ENV = "SCRATCHLM_SEED"
+THREADS_ENV = "SCRATCHLM_THREADS"
 
 
 def get_device(prefer: str | None = None) -> torch.device:
@@ -74,46 +78,37 @@ def quiet_library_warnings() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-SEED_ENV = "SCRATCHLM_SEED"
-DEFAULT_SEED = 1337
+def threads_override() -> int | None:
+    """``$SCRATCHLM_THREADS`` as a positive int (the CPU thread count a run was asked for), else ``None``.
 
-
-def chapter_seed(seed: int | None = None) -> int:
-    """The seed a chapter runs with: ``seed`` when given, else ``$SCRATCHLM_SEED``, else 1337.
-
-    Why an environment variable: a chapter's asserted results must hold for several seeds (the
-    book checks 1337, 1 and 2), and the set-up cell is the same in every notebook, so the seed is
-    chosen from outside: ``SCRATCHLM_SEED=2 jupyter nbconvert --execute ...``. Introduced in Chapter 09.
+    :func:`setup_chapter` applies it; a chapter that picks its own thread count for a section (e.g. one
+    thread for a tiny model) uses ``threads_override() or its_choice`` so that the request wins.
     """
-    if seed is not None:
-        return seed
-    raw = os.environ.get(SEED_ENV, "").strip()
-    if not raw:
-        return DEFAULT_SEED
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {SEED_ENV}={raw!r} is not an integer seed; use e.g. "
-                         f"{SEED_ENV}=1337, or leave it unset for {DEFAULT_SEED}") from None
-    if value < 0:
-        raise ValueError(f"environment variable {SEED_ENV}={raw!r} must be a non-negative integer")
-    return value
+    return env_int(THREADS_ENV, minimum=1)
 
 
-def setup_chapter(chapter: str, *, seed: int | None = None, quiet: bool = False) -> ChapterContext:
+def setup_chapter(chapter: str, *, seed: int = 1337, quiet: bool = False) -> ChapterContext:
     """Seed everything, pick the device and profile, and print them with the library versions.
 
-    The seed is ``seed`` if given, else ``$SCRATCHLM_SEED``, else 1337 (see :func:`chapter_seed`).
+    Two environment variables let a robustness check (``python -m book.check_profiles``) rerun a chapter
+    unchanged under other conditions: ``SCRATCHLM_SEED`` replaces ``seed``, and ``SCRATCHLM_THREADS``
+    sets the number of CPU threads (otherwise PyTorch's default, or one thread for the smoke profile
+    on CPU). With ``SCRATCHLM_MAX_STEPS`` set (a dry run, see :func:`scratchlm.runtime.profiles.capped`)
+    the banner says so.
     """
     from .plotting import use_book_style  # matplotlib is heavy; only chapters need it
 
-    seed = chapter_seed(seed)
     profile = current_profile()
     device = get_device()
+    seed = env_int(SEED_ENV, default=seed, minimum=0)
+    threads = threads_override()
+    cap = step_cap()
     seed_everything(seed)
     use_book_style()
     quiet_library_warnings()
-    if profile == "smoke" and device.type == "cpu":
+    if threads is not None:
+        torch.set_num_threads(threads)
+    elif profile == "smoke" and device.type == "cpu":
         # Smoke models are tiny: a second thread buys nothing, and on a busy machine (CI, a shared
         # laptop) OpenMP threads waiting for each other run many times slower than one thread.
         torch.set_num_threads(1)
@@ -123,4 +118,6 @@ def setup_chapter(chapter: str, *, seed: int | None = None, quiet: bool = False)
             f"python {platform.python_version()} | torch {torch.__version__} | "
             f"numpy {np.__version__} | threads {torch.get_num_threads()}"
         )
+        if cap is not None:
+            print(f"DRY RUN: {MAX_STEPS_ENV}={cap} caps every training loop; checks of trained results are skipped")
     return ChapterContext(chapter=chapter, profile=profile, device=device, seed=seed)
