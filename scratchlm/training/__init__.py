@@ -24,7 +24,14 @@ from .muon import (
     newton_schulz_orthogonalize,
     split_parameters,
 )
-from .optim import adamw_with_decay_groups, build_optimizer, fused_adamw_available, lr_at
+from .optim import (
+    ScaledAdamW,
+    adamw_from_param_groups,
+    adamw_with_decay_groups,
+    build_optimizer,
+    fused_adamw_available,
+    lr_at,
+)
 from .preflight import (
     batch_signature,
     check_checkpoint_writable,
@@ -42,8 +49,10 @@ __all__ = [
     "QUINTIC_BAND",
     "QUINTIC_COEFFICIENTS",
     "RESERVED_KEYS",
+    "ScaledAdamW",
     "TrainConfig",
     "TrainHistory",
+    "adamw_from_param_groups",
     "adamw_with_decay_groups",
     "all_ranks_ok",
     "autocast_context",

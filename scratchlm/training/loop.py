@@ -36,7 +36,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,8 @@ def train(
     cfg: TrainConfig,
     *,
     history: TrainHistory | None = None,
+    param_groups: Sequence[Mapping[str, Any]] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainHistory:
     """Train ``model`` for ``cfg.max_steps`` optimizer steps; return the loss history.
 
@@ -181,6 +183,12 @@ def train(
     :mod:`scratchlm.training.distributed`). A ``history`` passed in holds every completed step even
     when training stops with an error.
 
+    ``param_groups`` (Chapter 09): optimise these groups instead of all trainable parameters, each
+    at lr(step) · its ``lr_scale`` (:class:`~scratchlm.training.optim.ScaledAdamW` applies the scale,
+    as ``MuonAdamW`` does; :func:`scratchlm.finetune.configure_finetuning` makes the groups). ``on_step(step)`` is called before
+    each step (0-based, also the first step after a resume) and may switch ``requires_grad`` on
+    (gradual unfreezing); it must depend on ``step`` alone, like ``get_batch``.
+
     Under a step cap (``SCRATCHLM_MAX_STEPS``, a dry run) the run stops after at most that many steps
     and evaluates on at most that many batches (``max_steps`` and ``eval_batches`` are capped).
     """
@@ -188,6 +196,8 @@ def train(
         raise TypeError(f"train() expects an nn.Module; got {type(model).__name__}")
     if not callable(get_batch) or not callable(loss_fn):
         raise TypeError("train() expects callables get_batch(split, index) and loss_fn(model, batch)")
+    if on_step is not None and not callable(on_step):
+        raise TypeError(f"on_step must be a callable on_step(step) or None; got {type(on_step).__name__}")
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"train() expects a TrainConfig; got {type(cfg).__name__}")
     from tqdm.auto import tqdm
@@ -206,15 +216,15 @@ def train(
     first = get_batch("train", 0)  # step 1's first micro-batch (pure: the same batch on every resume)
     if check_inputs is not None:
         check_inputs(first)
-    fingerprint = training_fingerprint(cfg, first, core)
+    fingerprint = training_fingerprint(cfg, first, core, param_groups)
     history = history if history is not None else TrainHistory()
-    optimizer = build_optimizer(core, cfg)
+    optimizer = build_optimizer(core, cfg, param_groups)
     start = 0
     if cfg.resume and Path(cfg.checkpoint_path).is_file():
         start = _resume(cfg, core, optimizer, fingerprint, history)  # restores the RNGs: after get_batch
     runner = torch.compile(model) if cfg.compile else model  # checkpoints always use `core`
     A = cfg.grad_accum_steps
-    params = [p for p in core.parameters() if p.requires_grad]
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # clipped together
     pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []  # (step, lr, loss sum, norm) not yet logged
 
     def flush() -> None:
@@ -253,9 +263,11 @@ def train(
     try:
         for step in bar:
             t0 = time.perf_counter()
+            if on_step is not None:
+                on_step(step)
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr  # an optimizer with per-group lr_scale applies it in its step
             loss_sum = torch.zeros((), device=device)  # ()
             for micro in range(A):
                 index = step * A + micro
