@@ -6,7 +6,9 @@
   (int8 weights and activations, integer matmul).
 * ``convert`` — :func:`quantize_model` swaps every ``nn.Linear``; :func:`size_bytes` counts storage.
 * ``analysis`` — weight and output error vs bits and group size.
-* ``prune`` — magnitude pruning with masks, structured FFN-neuron pruning.
+* ``prune`` — magnitude pruning with masks, structured FFN-neuron pruning of a Linear pair.
+* ``heads`` — structured pruning inside transformer blocks: attention heads (L2 or Michel et al.'s
+  gradient score) and FFN neurons, removed physically.
 * ``distill`` — the Hinton et al. (2015) distillation loss.
 
 Introduced in Chapter 12.
@@ -15,6 +17,17 @@ Introduced in Chapter 12.
 from .analysis import bits_per_weight, error_sweep, output_error, weight_error
 from .convert import QuantizationReport, QuantizeConfig, quantize_model, size_bytes
 from .distill import distillation_loss
+from .heads import (
+    attention_layers,
+    count_heads,
+    ffn_layers,
+    head_importance_l2,
+    head_importance_taylor,
+    prune_ffn,
+    prune_heads,
+    prune_model_heads,
+    select_heads,
+)
 from .prune import (
     PrunedPair,
     SparsityReport,
@@ -33,6 +46,15 @@ from .qlinear import DynamicInt8Linear, QuantizedLinear, int8_matmul
 from .quantize import QuantizedTensor, code_range, dequantize, pack_int4, quantize, unpack_int4
 
 __all__ = [
+    "select_heads",
+    "prune_model_heads",
+    "prune_heads",
+    "prune_ffn",
+    "head_importance_taylor",
+    "head_importance_l2",
+    "ffn_layers",
+    "count_heads",
+    "attention_layers",
     "DynamicInt8Linear",
     "PrunedPair",
     "QuantizationReport",
