@@ -11,6 +11,17 @@ from .checkpoint import (
 from .config import TrainConfig, TrainHistory
 from .distributed import all_ranks_ok, get_rank, grad_sync_context, is_main_process, unwrap_model
 from .loop import autocast_context, causal_lm_loss, evaluate, train
+from .muon import (
+    CUBIC_COEFFICIENTS,
+    QUINTIC_BAND,
+    QUINTIC_COEFFICIENTS,
+    Muon,
+    MuonAdamW,
+    build_muon_adamw,
+    muon_update_scale,
+    newton_schulz_orthogonalize,
+    split_parameters,
+)
 from .optim import adamw_with_decay_groups, build_optimizer, fused_adamw_available, lr_at
 from .preflight import (
     batch_signature,
@@ -22,6 +33,11 @@ from .preflight import (
 )
 
 __all__ = [
+    "CUBIC_COEFFICIENTS",
+    "Muon",
+    "MuonAdamW",
+    "QUINTIC_BAND",
+    "QUINTIC_COEFFICIENTS",
     "RESERVED_KEYS",
     "TrainConfig",
     "TrainHistory",
@@ -29,6 +45,7 @@ __all__ = [
     "all_ranks_ok",
     "autocast_context",
     "batch_signature",
+    "build_muon_adamw",
     "build_optimizer",
     "causal_lm_loss",
     "check_checkpoint_writable",
@@ -42,9 +59,12 @@ __all__ = [
     "load_checkpoint",
     "lr_at",
     "model_signature",
+    "muon_update_scale",
+    "newton_schulz_orthogonalize",
     "read_checkpoint_metadata",
     "remove_orphaned_temp_files",
     "save_checkpoint",
+    "split_parameters",
     "tensor_checksum",
     "train",
     "training_fingerprint",
