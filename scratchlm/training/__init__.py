@@ -22,7 +22,13 @@ from .muon import (
     newton_schulz_orthogonalize,
     split_parameters,
 )
-from .optim import adamw_with_decay_groups, build_optimizer, fused_adamw_available, lr_at
+from .optim import (
+    adamw_from_param_groups,
+    adamw_with_decay_groups,
+    build_optimizer,
+    fused_adamw_available,
+    lr_at,
+)
 from .preflight import (
     batch_signature,
     check_checkpoint_writable,
@@ -41,6 +47,7 @@ __all__ = [
     "RESERVED_KEYS",
     "TrainConfig",
     "TrainHistory",
+    "adamw_from_param_groups",
     "adamw_with_decay_groups",
     "all_ranks_ok",
     "autocast_context",

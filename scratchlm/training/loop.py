@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,8 @@ def train(
     cfg: TrainConfig,
     *,
     history: TrainHistory | None = None,
+    param_groups: Sequence[Mapping[str, Any]] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainHistory:
     """Train ``model`` for ``cfg.max_steps`` optimizer steps; return the loss history.
 
@@ -178,11 +180,19 @@ def train(
     step run without gradient sync, and only rank 0 shows progress and writes checkpoints (see
     :mod:`scratchlm.training.distributed`). A ``history`` passed in holds every completed step even
     when training stops with an error.
+
+    ``param_groups`` (Chapter 09): optimise these groups instead of all trainable parameters, each
+    at lr(step) · its ``lr_scale`` (see :func:`~scratchlm.training.optim.adamw_from_param_groups`;
+    :func:`scratchlm.finetune.configure_finetuning` makes them). ``on_step(step)`` is called before
+    each step (0-based, also the first step after a resume) and may switch ``requires_grad`` on
+    (gradual unfreezing); it must depend on ``step`` alone, like ``get_batch``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"train() expects an nn.Module; got {type(model).__name__}")
     if not callable(get_batch) or not callable(loss_fn):
         raise TypeError("train() expects callables get_batch(split, index) and loss_fn(model, batch)")
+    if on_step is not None and not callable(on_step):
+        raise TypeError(f"on_step must be a callable on_step(step) or None; got {type(on_step).__name__}")
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"train() expects a TrainConfig; got {type(cfg).__name__}")
     from tqdm.auto import tqdm
@@ -199,15 +209,15 @@ def train(
     first = get_batch("train", 0)  # step 1's first micro-batch (pure: the same batch on every resume)
     if check_inputs is not None:
         check_inputs(first)
-    fingerprint = training_fingerprint(cfg, first, core)
+    fingerprint = training_fingerprint(cfg, first, core, param_groups)
     history = history if history is not None else TrainHistory()
-    optimizer = build_optimizer(core, cfg)
+    optimizer = build_optimizer(core, cfg, param_groups)
     start = 0
     if cfg.resume and Path(cfg.checkpoint_path).is_file():
         start = _resume(cfg, core, optimizer, fingerprint, history)  # restores the RNGs: after get_batch
     runner = torch.compile(model) if cfg.compile else model  # checkpoints always use `core`
     A = cfg.grad_accum_steps
-    params = [p for p in core.parameters() if p.requires_grad]
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # clipped together
     pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []  # (step, lr, loss sum, norm) not yet logged
 
     def flush() -> None:
@@ -246,9 +256,11 @@ def train(
     try:
         for step in bar:
             t0 = time.perf_counter()
+            if on_step is not None:
+                on_step(step)
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             loss_sum = torch.zeros((), device=device)  # ()
             for micro in range(A):
                 index = step * A + micro

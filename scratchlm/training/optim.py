@@ -2,15 +2,17 @@
 
 * :func:`lr_at`: linear warm-up, then cosine decay (nanoGPT's schedule).
 * :func:`adamw_with_decay_groups`: AdamW where matrices decay and biases / norm gains don't.
-* :func:`build_optimizer`: the model's own ``configure_optimizers`` when it has one.
+* :func:`adamw_from_param_groups`: AdamW over caller-given groups with an ``lr_scale`` each
+  (layer-wise learning-rate decay, Chapter 09).
+* :func:`build_optimizer`: given groups, else the model's own ``configure_optimizers``, else the above.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -87,10 +89,63 @@ def adamw_with_decay_groups(
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, **kwargs)
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The model's own ``configure_optimizers`` when it has one, else :func:`adamw_with_decay_groups`."""
+def adamw_from_param_groups(
+    param_groups: Sequence[Mapping[str, Any]],
+    *,
+    learning_rate: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float = 1e-8,
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
+    """AdamW over caller-given groups, each ``{"params": [...], "lr_scale": s, "name": ...}``.
+
+    Each group is split by the decay rule of :func:`adamw_with_decay_groups` (matrices decay,
+    biases and gains don't) and keeps its ``lr_scale`` (default 1) and ``name``; the training loop
+    sets the lr of every group to lr(step) · lr_scale (layer-wise learning-rate decay, Chapter 09).
+    Parameters that do not require grad *now* are kept (gradual unfreezing switches them on
+    later); AdamW skips a parameter while its gradient is None. A parameter in two groups raises.
+    """
+    if isinstance(param_groups, Mapping) or not isinstance(param_groups, Sequence) or not param_groups:
+        raise ValueError("param_groups must be a non-empty list of {'params': [...], 'lr_scale': float} dicts")
+    seen: set[int] = set()
+    groups: list[dict[str, Any]] = []
+    for i, g in enumerate(param_groups):
+        if not isinstance(g, Mapping) or "params" not in g:
+            raise ValueError(f"param_groups[{i}] must be a dict with 'params'; got {type(g).__name__}")
+        scale = g.get("lr_scale", 1.0)
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0.0 <= scale < math.inf:
+            raise ValueError(f"param_groups[{i}]['lr_scale'] must be a finite number >= 0; got {scale!r}")
+        params = list(g["params"])
+        for p in params:
+            if not isinstance(p, nn.Parameter):
+                raise TypeError(f"param_groups[{i}] holds a {type(p).__name__}, not an nn.Parameter")
+            if id(p) in seen:
+                raise ValueError(f"a parameter appears in two param_groups (the second is group {i}, "
+                                 f"{g.get('name', '')!r}); each parameter may be in one group only")
+            seen.add(id(p))
+        name = g.get("name", f"group {i}")
+        for suffix, members, wd in (("", [p for p in params if p.dim() >= 2], weight_decay),
+                                    (" (no decay)", [p for p in params if p.dim() < 2], 0.0)):
+            if members:
+                groups.append({"params": members, "weight_decay": wd, "lr_scale": float(scale),
+                               "lr": learning_rate * float(scale), "name": name + suffix})
+    if not groups:
+        raise ValueError("param_groups hold no parameters")
+    if fused is None:
+        fused = fused_adamw_available(groups[0]["params"][0].device)
+    kwargs = {"fused": True} if fused else {}
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, **kwargs)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig,
+                    param_groups: Sequence[Mapping[str, Any]] | None = None) -> torch.optim.Optimizer:
+    """AdamW over ``param_groups`` when given (:func:`adamw_from_param_groups`), else the model's own
+    ``configure_optimizers`` when it has one, else :func:`adamw_with_decay_groups`."""
     kwargs = dict(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                   betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=cfg.fused)
+    if param_groups is not None:
+        return adamw_from_param_groups(param_groups, **kwargs)
     if hasattr(model, "configure_optimizers"):
         return model.configure_optimizers(**kwargs)
     return adamw_with_decay_groups(model.named_parameters(), **kwargs)

@@ -113,15 +113,22 @@ def model_signature(model: nn.Module) -> dict[str, Any]:
     return _jsonable({"class": type(core).__name__, **fields})
 
 
-def training_fingerprint(cfg: TrainConfig, first_batch: Any, model: nn.Module) -> dict[str, Any]:
-    """What a resumed run must share with the run that wrote its checkpoint (see the module docstring)."""
+def training_fingerprint(cfg: TrainConfig, first_batch: Any, model: nn.Module,
+                         param_groups: Any = None) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote its checkpoint (see the module docstring);
+    with ``param_groups`` (Chapter 09) also each group's name, lr_scale and parameter count."""
     decay_end = cfg.lr_decay_steps if cfg.lr_decay_steps is not None else cfg.max_steps
-    return _jsonable({
+    out = {
         "batch": batch_signature(first_batch),
         **{name: getattr(cfg, name) for name in _SCHEDULE_FIELDS},
         "lr_decay_steps (effective; None means max_steps)": decay_end,
         "model": model_signature(model),
-    })
+    }
+    if param_groups is not None:
+        out["param_groups"] = {str(g.get("name", i)): {"lr_scale": g.get("lr_scale", 1.0),
+                                                        "parameters": sum(p.numel() for p in g["params"])}
+                               for i, g in enumerate(param_groups)}
+    return _jsonable(out)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
