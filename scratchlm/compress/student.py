@@ -66,7 +66,8 @@ class TrimmedVocabulary(nn.Module):
     """Call ``model`` with input ids mapped to a trimmed embedding table: ids ↦ ``old_to_new[ids]``.
 
     ``old_to_new`` (V_old,) int32 holds the new row of every original id ([UNK]'s row for the ids
-    that were dropped). Every other argument is passed through unchanged. Introduced in Chapter 12.
+    that were dropped). Every other argument is passed through unchanged; attributes the wrapper
+    does not have are read from the wrapped model. Introduced in Chapter 12.
     """
 
     def __init__(self, model: nn.Module, old_to_new: Tensor) -> None:
@@ -76,9 +77,13 @@ class TrimmedVocabulary(nn.Module):
         self.model = model
         self.register_buffer("old_to_new", old_to_new.to(torch.int32).clone())  # (V_old,)
 
-    @property
-    def config(self):
-        return getattr(self.model, "config", None)
+    def __getattr__(self, name: str):
+        """Attributes the wrapper lacks come from the wrapped model (``config``, ``embeddings``,
+        ``encoder``...), so code that inspects an encoder (freezing strategies) sees through it."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("model"), name)
 
     def forward(self, input_ids: Tensor, *args, **kwargs):
         return self.model(*args, input_ids=self.old_to_new[input_ids].long(), **kwargs)  # ids (B, T) → new ids (B, T)
