@@ -19,10 +19,12 @@ from torch.testing import assert_close
 from scratchlm.compress import (
     attention_layers,
     count_heads,
+    ffn_importance_taylor,
     ffn_layers,
     head_importance_l2,
     head_importance_taylor,
     magnitude_prune,
+    neuron_importance_taylor,
     prune_ffn,
     prune_heads,
     prune_model_heads,
@@ -309,3 +311,20 @@ def test_head_pruning_bad_inputs():
     with pytest.raises(ValueError, match="scalar"):
         x = torch.randn(1, 2, 16)
         head_importance_taylor([attn], lambda: attn(x)[0])
+
+
+def test_ffn_importance_taylor_equals_the_per_layer_score():
+    model = _bert()
+    ffns = list(ffn_layers(model).values())
+    ids = torch.randint(0, 50, (3, 8), generator=torch.Generator().manual_seed(2))
+
+    def loss_fn():
+        return model(input_ids=ids).pooler_output.square().sum()
+
+    together = ffn_importance_taylor(ffns, loss_fn)
+    for ffn, score in zip(ffns, together, strict=True):
+        assert_close(score, neuron_importance_taylor(ffn.linear2, loss_fn), rtol=1e-5, atol=1e-8)
+    with pytest.raises(TypeError, match="FeedForward"):
+        ffn_importance_taylor([nn.Linear(2, 2)], loss_fn)
+    with pytest.raises(ValueError, match="never called"):
+        ffn_importance_taylor([FeedForward(4, 8)], loss_fn)

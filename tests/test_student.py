@@ -186,3 +186,16 @@ def test_latency_side_by_side_runs_every_candidate_round_robin():
         latency_side_by_side({"a": lambda: None}, repeats=0)
     with pytest.raises(TypeError, match="callable"):
         latency_side_by_side({"a": 1})
+
+
+def test_trimmed_encoder_works_with_the_freezing_strategies():
+    from scratchlm.finetune import configure_finetuning
+
+    trimmed = trim_vocabulary(_bert(), [5, 6, 7], 1)
+    clf = SequenceClassifier(trimmed, 32, 2)
+    configure_finetuning(clf, "top_k", k=1)
+    assert trimmed.config.vocab_size == 5 and trimmed.embeddings is trimmed.model.embeddings
+    assert not trimmed.embeddings.word_embeddings.weight.requires_grad
+    assert not trimmed.encoder.layers[0].ffn.linear1.weight.requires_grad
+    assert trimmed.encoder.layers[-1].ffn.linear1.weight.requires_grad
+    assert clf.classifier.weight.requires_grad

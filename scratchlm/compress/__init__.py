@@ -23,6 +23,7 @@ from .distill import distillation_loss, make_distillation_loss_fn
 from .heads import (
     attention_layers,
     count_heads,
+    ffn_importance_taylor,
     ffn_layers,
     head_importance_l2,
     head_importance_taylor,
@@ -69,6 +70,7 @@ __all__ = [
     "dequantize",
     "distillation_loss",
     "error_sweep",
+    "ffn_importance_taylor",
     "ffn_layers",
     "global_magnitude_masks",
     "head_importance_l2",

@@ -129,6 +129,40 @@ def head_importance_taylor(attns: Sequence[MultiHeadAttention], loss_fn: Callabl
     return scores
 
 
+def ffn_importance_taylor(ffns: Sequence[FeedForward], loss_fn: Callable[[], Tensor]) -> list[Tensor]:
+    """First-order Taylor score of every hidden neuron of several FFNs from one backward pass.
+
+    For the hidden activation a_j (the input of W2), |Σ_tokens a_j ∂L/∂a_j| (Molchanov et al.,
+    2017): the same score as :func:`~scratchlm.compress.neuron_importance_taylor`, for all blocks at
+    once. Returns one (d_ff,) tensor per FFN. Introduced in Chapter 12.
+    """
+    if not ffns or any(not isinstance(f, FeedForward) for f in ffns):
+        raise TypeError("ffns must be a non-empty sequence of scratchlm FeedForward modules")
+    acts: dict[int, list[Tensor]] = {i: [] for i in range(len(ffns))}
+    handles = [f.linear2.register_forward_pre_hook(lambda _m, args, i=i: acts[i].append(args[0]))
+               for i, f in enumerate(ffns)]
+    try:
+        loss = loss_fn()
+    finally:
+        for h in handles:
+            h.remove()
+    if not isinstance(loss, Tensor) or loss.dim() != 0 or not loss.requires_grad:
+        raise ValueError("loss_fn() must return a scalar tensor that requires grad")
+    missing = [i for i, a in acts.items() if not a]
+    if missing:
+        raise ValueError(f"loss_fn() never called the FFN(s) {missing}: nothing to score")
+    flat = [a for i in range(len(ffns)) for a in acts[i]]
+    if not all(a.requires_grad for a in flat):
+        raise ValueError("the FFN activations do not require grad (are the parameters frozen?)")
+    grads = iter(torch.autograd.grad(loss, flat))
+    scores = []
+    for i in range(len(ffns)):
+        total = sum((a.detach() * next(grads)).float().reshape(-1, a.shape[-1]).sum(dim=0).cpu()
+                    for a in acts[i])  # (H,)
+        scores.append(total.abs())  # (H,)
+    return scores
+
+
 def select_heads(scores: Sequence[Tensor], fraction: float, *, scope: str = "global",
                  normalize: bool = True, min_heads: int = 1) -> list[list[int]]:
     """Which heads to remove: the round(fraction · N) lowest-scoring of all N heads.
