@@ -33,6 +33,7 @@ not stalled waiting for the CPU each step. The non-finite check is the one per-s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,6 +46,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..models.base import token_cross_entropy
+from ..runtime.profiles import capped, step_cap
 from .checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from .config import TrainConfig, TrainHistory
 from .distributed import all_ranks_ok, grad_sync_context, is_main_process, unwrap_model
@@ -186,6 +188,9 @@ def train(
     :func:`scratchlm.finetune.configure_finetuning` makes them). ``on_step(step)`` is called before
     each step (0-based, also the first step after a resume) and may switch ``requires_grad`` on
     (gradual unfreezing); it must depend on ``step`` alone, like ``get_batch``.
+
+    Under a step cap (``SCRATCHLM_MAX_STEPS``, a dry run) the run stops after at most that many steps
+    and evaluates on at most that many batches (``max_steps`` and ``eval_batches`` are capped).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"train() expects an nn.Module; got {type(model).__name__}")
@@ -199,6 +204,8 @@ def train(
 
     # ---- pre-flight: everything that can be checked before step 1 --------------------------------
     cfg.check()  # fields may have been reassigned since construction
+    if step_cap() is not None:  # a dry run: the caller's cfg is left untouched
+        cfg = dataclasses.replace(cfg, max_steps=capped(cfg.max_steps), eval_batches=capped(cfg.eval_batches))
     check_config_json(cfg)
     main = is_main_process()
     if cfg.checkpoint_path and main:
