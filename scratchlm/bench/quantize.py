@@ -29,8 +29,6 @@ import argparse
 import copy
 import logging
 import os
-import statistics
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -38,7 +36,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..compress import DynamicInt8Linear, QuantizedLinear, size_bytes
+from ..compress import DynamicInt8Linear, QuantizedLinear, latency_side_by_side, size_bytes
 
 METHODS = ("fp32", "ours w8", "ours w4 g128", "ours dyn8", "torchao w8", "torchao dyn8", "torch.ao dyn8")
 
@@ -131,17 +129,8 @@ def build_methods(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _time_round_robin(methods: dict[str, nn.Module], x: torch.Tensor, warmup: int, repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for m in methods.values():
-                m(x)
-        for _ in range(repeats):
-            for name, m in methods.items():
-                start = time.perf_counter()
-                m(x)
-                times[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+    return latency_side_by_side({name: (lambda m=m: m(x)) for name, m in methods.items()}, warmup=warmup,
+                                repeats=repeats)
 
 
 def benchmark_quantize(*, d: int = 768, d_ff: int = 3072, batches: tuple[int, ...] = (1, 32),

@@ -5,6 +5,8 @@ Introduced in Chapter 12.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -67,3 +69,27 @@ def distillation_loss(
         ce = F.cross_entropy(s, y, ignore_index=ignore_index, reduction="sum") / n  # ()
         loss = loss + (1.0 - alpha) * ce  # ()
     return loss
+
+
+def make_distillation_loss_fn(teacher: torch.nn.Module, T: float = 2.0, alpha: float = 0.5,
+                              label_key: str = "labels") -> Callable[[torch.nn.Module, dict], Tensor]:
+    """A ``loss_fn(student, batch)`` for :func:`scratchlm.training.train` that distils ``teacher``.
+
+    Both models get the batch without its labels; the teacher runs in eval mode under
+    ``torch.no_grad`` (its dropout off, no graph kept), and the loss is
+    :func:`distillation_loss` (student logits, teacher logits, ``batch[label_key]``, T, α).
+    ``alpha=0`` is ordinary training on the hard labels. Introduced in Chapter 12.
+    """
+    if not isinstance(teacher, torch.nn.Module):
+        raise TypeError(f"teacher must be an nn.Module; got {type(teacher).__name__}")
+    distillation_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), T, alpha)  # check T, α now
+    teacher.eval()
+
+    def loss_fn(student: torch.nn.Module, batch: dict) -> Tensor:
+        inputs = {k: v for k, v in batch.items() if k != label_key}
+        with torch.no_grad():
+            teacher_logits = teacher(**inputs).logits  # (B, K)
+        student_logits = student(**inputs).logits  # (B, K)
+        return distillation_loss(student_logits, teacher_logits, batch[label_key], T, alpha)
+
+    return loss_fn

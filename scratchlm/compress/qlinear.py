@@ -208,10 +208,10 @@ class DynamicInt8Linear(nn.Module):
             raise ValueError(f"expected input (..., {self.in_features}); got {tuple(x.shape)}")
         qx = self.quantize_input(x)  # codes (M, K) int8, scale (M, 1) or (1, 1)
         acc = int8_matmul(qx.codes, self.qweight_t, self.impl)  # (M, N) int32, exact
-        y = acc.to(torch.float32) * qx.scale  # (M, N) · s_x
-        y = y * self.scale  # (M, N) · s_w
+        y = acc.to(torch.float32).mul_(qx.scale)  # (M, N) · s_x (in place: one (M, N) buffer in all)
+        y = y.mul_(self.scale)  # (M, N) · s_w
         if self.bias is not None:
-            y = y + self.bias  # (M, N)
+            y = y.add_(self.bias)  # (M, N)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)  # (..., N)
 
     def extra_repr(self) -> str:

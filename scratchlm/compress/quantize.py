@@ -178,11 +178,11 @@ def _quantize(w: Tensor, bits: int, scheme: str, granularity: str, group_size: i
     blocks = w.detach().to(torch.float32).reshape(-1, g)  # (N_blocks, g)
     q_min, q_max = code_range(bits, scheme, full_range)
     if scheme == "symmetric":
-        amax = blocks.abs().amax(dim=1)  # (N_blocks,)
+        amax = torch.linalg.vector_norm(blocks, float("inf"), dim=1)  # (N_blocks,) max |w|, one pass
         denom = (q_max - q_min) / 2 if full_range else q_max  # 127.5 or 127 for int8
         scale = amax / denom  # (N_blocks,)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # (N_blocks,) zero block → s = 1
-        codes = torch.clamp(torch.round(blocks * (1.0 / scale)[:, None]), q_min, q_max)  # (N_blocks, g)
+        codes = (blocks * (1.0 / scale)[:, None]).round_().clamp_(q_min, q_max)  # (N_blocks, g), in place
         codes, zero = codes.to(torch.int8), None
     else:
         lo = blocks.amin(dim=1).clamp(max=0.0)  # (N_blocks,) min(min w, 0)

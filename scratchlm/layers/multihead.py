@@ -44,6 +44,10 @@ class MultiHeadAttention(nn.Module):
     used by later chapters: ``qk_norm`` (RMSNorm on each query and key head, Chapter 06's speed run),
     ``rotary`` (a :class:`~scratchlm.layers.positional.RotaryEmbedding`, Chapter 04), ``scale``.
 
+    Head pruning (Chapter 12, :func:`scratchlm.compress.prune_heads`) removes heads after
+    construction: ``n_heads`` shrinks, ``head_dim`` stays, and the projections' inner width
+    ``inner_dim`` = H · d_head drops below ``d_model``; nothing in the forward pass assumes they are equal.
+
     Caching: pass a :class:`~scratchlm.layers.kv_cache.KVCache` and this layer's index; the new keys
     and values are appended to it and the queries attend to everything cached (self-attention), or,
     for cross-attention (``cross=True``), the projected source is stored on the first call and
@@ -69,6 +73,7 @@ class MultiHeadAttention(nn.Module):
         self.d_model = d_model  # C: width of the residual stream
         self.n_heads = n_heads  # H: number of heads
         self.head_dim = d_model // n_heads  # d_head = C / H: width of one head's q, k, v
+        self.inner_dim = n_heads * self.head_dim  # H · d_head: width of Concat(heads); < C after head pruning
         self.dropout = dropout  # dropout on the attention weights (training only)
         self.fused_qkv = fused_qkv  # one (3C, C) matmul for self-attention instead of three
         self.scale = scale  # multiplier of q·k; None: 1/√d_head
@@ -116,7 +121,7 @@ class MultiHeadAttention(nn.Module):
     def project_q(self, query: Tensor, positions: Tensor | None = None, offset: int = 0) -> Tensor:
         """Query heads: (B, Tq, C) -> (B, H, Tq, d_head) (normalised and rotated when configured)."""
         self._check_input("query", query)
-        q = self.qkv_proj(query)[..., : self.d_model] if self.fused_qkv else self.q_proj(query)  # (B, Tq, C)
+        q = self.qkv_proj(query)[..., : self.inner_dim] if self.fused_qkv else self.q_proj(query)  # (B, Tq, I)
         return self._rotate(self.q_norm(self._split_heads(q)), positions, offset)  # (B, H, Tq, d_head)
 
     def project_kv(self, key: Tensor, value: Tensor | None = None, positions: Tensor | None = None,
@@ -134,13 +139,13 @@ class MultiHeadAttention(nn.Module):
                 f"MultiHeadAttention: key and value need the same (B, Tk); got {tuple(key.shape[:2])} "
                 f"and {tuple(value.shape[:2])}"
             )
-        C = self.d_model
+        inner = self.inner_dim  # I = H · d_head (= C unless heads were pruned)
         if not self.fused_qkv:
-            k, v = self.k_proj(key), self.v_proj(value)  # (B, Tk, C) each
+            k, v = self.k_proj(key), self.v_proj(value)  # (B, Tk, I) each
         elif key is value:
-            k, v = self.qkv_proj(key)[..., C:].split(C, dim=-1)  # (B, Tk, C) each
+            k, v = self.qkv_proj(key)[..., inner:].split(inner, dim=-1)  # (B, Tk, I) each
         else:  # separate key and value inputs: the fused layer is called on each (correct, 2x the work)
-            k, v = self.qkv_proj(key)[..., C : 2 * C], self.qkv_proj(value)[..., 2 * C :]  # (B, Tk, C) each
+            k, v = self.qkv_proj(key)[..., inner : 2 * inner], self.qkv_proj(value)[..., 2 * inner :]  # (B, Tk, I) each
         k = self._rotate(self.k_norm(self._split_heads(k)), positions, offset)  # (B, H, Tk, d_head)
         return k, self._split_heads(v)  # (B, H, Tk, d_head) each
 
@@ -149,7 +154,7 @@ class MultiHeadAttention(nn.Module):
         if not self.fused_qkv:
             return (self.project_q(x, positions, offset), *self.project_kv(x, None, positions, offset))
         self._check_input("query", x)
-        q, k, v = self.qkv_proj(x).split(self.d_model, dim=-1)  # one (B, T, 3C) matmul -> 3 x (B, T, C)
+        q, k, v = self.qkv_proj(x).split(self.inner_dim, dim=-1)  # one (B, T, 3I) matmul -> 3 x (B, T, I)
         q = self._rotate(self.q_norm(self._split_heads(q)), positions, offset)  # (B, H, T, d_head)
         k = self._rotate(self.k_norm(self._split_heads(k)), positions, offset)  # (B, H, T, d_head)
         return q, k, self._split_heads(v)  # (B, H, T, d_head) each
@@ -254,7 +259,7 @@ class MultiHeadAttention(nn.Module):
             return_weights=need_weights, scale=self.scale, kv_nan=kv_nan,
         )
         out, weights = result if need_weights else (result, None)  # (B, H, Tq, d_head)
-        out = out.transpose(1, 2).reshape(B, Tq, self.d_model)  # (B, Tq, C): Concat(head_1..head_h)
+        out = out.transpose(1, 2).reshape(B, Tq, self.inner_dim)  # (B, Tq, I): Concat(head_1..head_h)
         out = self.out_proj(out)  # (B, Tq, C): ... Wᴼ
         if weights is not None and average_weights:
             weights = weights.mean(dim=1)  # (B, Tq, Tk)
@@ -277,7 +282,7 @@ class MultiHeadAttention(nn.Module):
 
     def extra_repr(self) -> str:
         scale = "1/sqrt(d_head)" if self.scale is None else f"{self.scale:g}"
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, scale={scale}, impl={self.impl!r}"
+        return f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, scale={scale}, impl={self.impl!r}"
 
     @torch.no_grad()
     def load_torch_mha(self, torch_mha: nn.MultiheadAttention) -> MultiHeadAttention:
