@@ -1,7 +1,8 @@
 """The one training loop every chapter uses (introduced in Chapter 06).
 
-``train(model, get_batch, loss_fn, cfg)`` runs AdamW (decay / no-decay parameter groups), a linear
-warm-up followed by cosine decay of the learning rate, gradient clipping, gradient accumulation,
+``train(model, get_batch, loss_fn, cfg)`` runs AdamW (decay / no-decay parameter groups) or, with
+``optimizer="muon"``, Muon for the hidden matrices and AdamW for the rest; a linear warm-up followed by
+cosine decay of the learning rate (or warmup-stable-decay, ``schedule="wsd"``), gradient clipping, gradient accumulation,
 autocast (bf16 on CUDA), optional ``torch.compile``, evaluation every ``eval_every`` steps and
 checkpoint / resume in safetensors (see :mod:`scratchlm.training.checkpoint`).
 
@@ -166,23 +167,34 @@ def train(
     cfg: TrainConfig,
     *,
     history: TrainHistory | None = None,
+    on_step: Callable[[int, nn.Module, TrainHistory], bool | None] | None = None,
 ) -> TrainHistory:
     """Train ``model`` for ``cfg.max_steps`` optimizer steps; return the loss history.
 
     Each step s: lr ← lr_at(s); for a < A: loss_a = loss_fn(model, get_batch("train", s·A + a));
     backward(loss_a / A) (so gradients are the mean over micro-batches); clip ‖g‖₂ ≤ grad_clip;
-    AdamW step. With ``cfg.resume`` and an existing checkpoint the model, optimizer, RNG states,
+    optimizer step (``cfg.optimizer``, see :func:`scratchlm.training.build_optimizer`). With ``cfg.resume`` and an existing checkpoint the model, optimizer, RNG states,
     step and history are restored first and the loop continues where it stopped.
 
     ``model`` may be wrapped for data parallelism (DDP, FSDP2): micro-batches before the last of a
     step run without gradient sync, and only rank 0 shows progress and writes checkpoints (see
     :mod:`scratchlm.training.distributed`). A ``history`` passed in holds every completed step even
     when training stops with an error.
+
+    ``on_step(done, model, history)``, when given, is called after every optimizer step (after that
+    step's evaluation and checkpoint) with the number of steps done, the ``model`` passed in and the
+    history so far (its per-step losses reach it every ``log_every`` steps). A true return ends training there (early
+    stopping, e.g. once a target loss is reached): the history ends at that step, and with a
+    ``checkpoint_path`` a checkpoint of that step is written unless one was just saved. In a
+    distributed run one rank asking to stop stops them all.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"train() expects an nn.Module; got {type(model).__name__}")
     if not callable(get_batch) or not callable(loss_fn):
         raise TypeError("train() expects callables get_batch(split, index) and loss_fn(model, batch)")
+    if on_step is not None and not callable(on_step):
+        raise TypeError(f"train() expects on_step to be None or a callable (done, model, history) -> bool; "
+                        f"got {type(on_step).__name__}")
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"train() expects a TrainConfig; got {type(cfg).__name__}")
     from tqdm.auto import tqdm
@@ -295,6 +307,11 @@ def train(
                     bar.set_postfix(loss=f"{history.train_loss[-1]:.4f}", val=f"{history.val_loss[-1]:.4f}")
             if saving:
                 save(done)
+            if on_step is not None and _stop_requested(on_step(done, model, history), device) and not last:
+                flush()
+                if cfg.checkpoint_path and main and not saving:
+                    save(done)
+                break
     finally:
         bar.close()
         if pending:  # stopped by an error: keep the completed steps, but never hide that error
@@ -302,6 +319,10 @@ def train(
                 flush()
     return history
 
+
+def _stop_requested(answer: bool | None, device: torch.device) -> bool:
+    """``on_step``'s answer, OR-ed over ranks in a distributed run (one rank stopping alone would hang)."""
+    return not bool(all_ranks_ok(torch.tensor(not answer, device=device)))
 
 
 def causal_lm_loss(model: nn.Module, batch) -> torch.Tensor:
