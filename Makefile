@@ -8,7 +8,7 @@ TORCH_CPU ?= torch==2.13.0
 # torch on a CUDA machine: whatever pip picks for it; an existing torch is never replaced.
 TORCH_GPU ?= torch>=2.4
 
-.PHONY: setup vendor browser book site student-book test learner-test lint sync-setup-cells bench clean
+.PHONY: setup vendor browser book site student-book test learner-test lint sync-setup-cells bench clean check-profiles times gpu-dry-run
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,23 @@ learner-test: setup
 
 test: setup vendor browser lint
 	$(BIN)/python -m pytest -ra
+
+# Robustness: every asserted metric with its margin, per seed and thread count (book/check_profiles.py).
+PROFILE  ?= cpu
+SEEDS    ?= 1337 1 2
+THREADS  ?= 1 2
+CHAPTERS ?= all
+check-profiles: setup
+	$(BIN)/python -m book.check_profiles --profile $(PROFILE) --seeds $(SEEDS) --threads $(THREADS) --chapters $(CHAPTERS)
+
+# Run times for the instructor guide: each chapter once under smoke and once under cpu, in one run.
+times: setup
+	$(BIN)/python -m book.check_profiles --profile smoke cpu --chapters $(CHAPTERS)
+
+# The gpu profile on this machine with every training loop capped at 2 steps: gpu-scale configs must
+# build, step and reach the end; prints parameter counts and a GPU-time estimate from 6·N·tokens.
+gpu-dry-run: setup
+	SCRATCHLM_DEVICE=cpu $(BIN)/python -m book.check_profiles --profile gpu --max-steps 2 --chapters $(CHAPTERS)
 
 clean:
 	rm -rf _build .pytest_cache

@@ -220,6 +220,177 @@ def bib_keys(text: str) -> list[str]:
     return [key for kind, key in BIB_ENTRY.findall(text) if kind.lower() not in {"comment", "string", "preamble"}]
 
 
+# ----------------------------------------------------------------------------- numbers, difficulty, solutions
+
+# Chapters that issue #9 part B converts (numbers glued, difficulty labels, asserting solutions, run times
+# equal to the guide). Empty this set as each is done; every other chapter (01-04, 09 onwards) must comply.
+NOT_YET_CONVERTED = {"05", "06", "07", "08"}
+
+DIFFICULTY_TITLE = re.compile(r"\{exercise(?:-start)?\}[ \t]+(★{1,3})[ \t]+[^\s★]")
+EXERCISE_LINE = re.compile(r"^\s*(?:`{3,}|:{3,})\s*\{exercise(?:-start)?\}[^\n]*$", re.MULTILINE)
+ASSERTING = re.compile(r"\bassert\b|assert_close|check_metric\(")
+RUN_TIME = re.compile(r"^\*\*Run time\*\*.*?(?=\n\s*\n|\Z)", re.MULTILINE | re.DOTALL)
+
+# Fenced blocks whose body is prose (scanned); every other fence (code, mermaid, math, ...) is dropped.
+PROSE_DIRECTIVES = {"exercise", "exercise-start", "solution", "solution-start", "note", "tip", "warning",
+                    "important", "hint", "seealso", "caution", "attention", "admonition", "margin", "dropdown",
+                    "epigraph", "topic", "sidebar"}
+FENCE = re.compile(r"^\s*(`{3,}|:{3,})\s*(\{([\w-]+)\})?(.*)$")
+ROLE = re.compile(r"\{[\w:-]+\}`[^`]*`")
+INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1", re.DOTALL)
+DISPLAY_MATH = re.compile(r"\$\$.*?\$\$", re.DOTALL)
+INLINE_MATH = re.compile(r"(?<![\\$])\$(?!\s)[^$\n]+?(?<![\s\\])\$")
+LINK_TARGET = re.compile(r"\]\([^)]*\)|<https?://[^>]*>|https?://\S+")
+HTML_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+HEADING_NUMBER = re.compile(r"^(\s*#+\s*)(?:§?\s*\d+(?:\.\d+)*\s*[.·:]?)", re.MULTILINE)
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[^a-z\s])|\n\s*\n|\n\s*(?:[-*+]|\d+\.)\s+")
+# Allowed look-alikes, removed before scanning: versions and matrix / tensor shapes.
+ALLOWED = [
+    re.compile(r"\b(?:Python|PyTorch|torch|CUDA|NumPy|numpy|transformers|Transformers|Sphinx|ipykernel|"
+               r"jupyter-book|Jupyter Book|version|v)\s?\d+(?:\.\d+)+\+?"),
+    re.compile(r"\b\d+[×x](?=[\dA-Za-z(])"),  # 2×2, 64×K, 4x4 (shapes), not "3× faster" / "2x faster"
+]
+RESULT_LIKE = {
+    "decimal": re.compile(r"(?<![\w.])\d+\.\d+(?![\w.]*\d)"),
+    "percentage": re.compile(r"\d+(?:[.,]\d+)?\s?(?:%|percent\b|percentage points?\b)"),
+    "multiplier": re.compile(r"\d+(?:\.\d+)?\s?[×x](?![\w×])(?!\s*[\d(])|\d+(?:\.\d+)?\s+times\s+(?:faster|slower|smaller|"
+                             r"larger|bigger|more|fewer|less|weaker|stronger|longer|shorter|higher|lower|as)\b"),
+    "time, memory or compute": re.compile(
+        r"\d+(?:\.\d+)?(?:\s?(?:ms|µs|ns|secs?|seconds?|mins?|minutes?|hrs?|hours?|days?|[kKMGTP]i?B|"
+        r"[GTP]?FLOPs?(?:/s)?|tokens/s|it/s|nats?)\b|\s(?:s|h)\b)"),
+    "thousands": re.compile(r"(?<![\w.,])\d{1,3}(?:[,\u202f\u2009 ]\d{3})+(?![\w.,]*\d)"),
+    "million/billion": re.compile(r"\d+(?:\.\d+)?\s?(?:thousand|million|billion|trillion|[MB])\b"),
+}
+
+
+def markdown_prose(text: str) -> str:
+    """The prose of a Markdown cell: code fences, math, inline code, roles, link targets, comments,
+    directive options and heading numbers removed; the bodies of prose directives (exercise,
+    solution, admonitions) and their titles kept."""
+    text = HTML_COMMENT.sub(" ", text)
+    kept, stack = [], []  # stack of (fence, keep_body)
+    for line in text.splitlines():
+        m = FENCE.match(line)
+        if m and stack and m.group(1)[0] == stack[-1][0][0] and len(m.group(1)) >= len(stack[-1][0]) \
+                and not m.group(2) and not m.group(4).strip():
+            stack.pop()  # closing fence
+            continue
+        if m and (m.group(2) or not stack or stack[-1][1]):
+            keep = bool(m.group(3)) and m.group(3) in PROSE_DIRECTIVES and (not stack or stack[-1][1])
+            stack.append((m.group(1), keep))
+            if keep:
+                kept.append(m.group(4))  # the directive's title
+            continue
+        if stack and not stack[-1][1]:
+            continue  # inside a code / mermaid / math fence
+        if stack and re.match(r"^\s*:[\w-]+:", line):
+            continue  # a directive option (:label:, :class:)
+        kept.append(line)
+    prose = "\n".join(kept)
+    prose = DISPLAY_MATH.sub(" ", prose)
+    prose = ROLE.sub(lambda m: " {cite} " if m.group(0).startswith("{cite") else " ", prose)
+    prose = INLINE_CODE.sub(" ", prose)
+    prose = INLINE_MATH.sub(" ", prose)
+    prose = LINK_TARGET.sub("]", prose)
+    return HEADING_NUMBER.sub(r"\1", prose)
+
+
+def typed_results(text: str) -> list[str]:
+    """Result-like numbers typed into one Markdown cell (see book/AUTHORING.md, "Numbers in the prose")."""
+    found = []
+    prose = RUN_TIME.sub(" ", markdown_prose(text))  # the Run time paragraph: checked against the guide
+    for sentence in SENTENCE_END.split(prose):
+        if "{cite}" in sentence:
+            continue  # a cited figure
+        scan = sentence
+        for pattern in ALLOWED:
+            scan = pattern.sub(" ", scan)
+        for kind, pattern in RESULT_LIKE.items():
+            for m in pattern.finditer(scan):
+                found.append(f"{kind} {m.group(0).strip()!r} in: {' '.join(sentence.split())[:100]!r}")
+    return found
+
+
+def check_typed_results(nb: dict) -> list[str]:
+    """No result-like number typed into Markdown: results are glued from the run, figures cited."""
+    problems = []
+    for index, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") == "markdown":
+            problems += [f"cell {index}: {p}" for p in typed_results(_source(cell))]
+    return problems
+
+
+def check_difficulty(nb: dict) -> list[str]:
+    """Every exercise title starts with its difficulty: ★, ★★ or ★★★ and a space, then the title."""
+    problems = []
+    for cell in _cells(nb, "markdown"):
+        for line in EXERCISE_LINE.findall(_source(cell)):
+            if not DIFFICULTY_TITLE.search(line):
+                problems.append(f"exercise without a difficulty label (★/★★/★★★ then a title): {line.strip()!r}")
+    return problems
+
+
+def check_solutions_assert(nb: dict) -> list[str]:
+    """Every solution cell asserts its claim (assert, assert_close or scratchlm.check_metric)."""
+    return [f"solution cell {index} asserts nothing" for index, cell in enumerate(nb.get("cells", []))
+            if cell.get("cell_type") == "code" and "solution" in cell.get("metadata", {}).get("tags", [])
+            and not ASSERTING.search(_source(cell))]
+
+
+GLUE_REF = re.compile(r"\{glue(?::\w+)?\}`([^`:]+)(?::[^`]*)?`|^\s*(?:`{3,}|:{3,})\s*\{glue(?::\w+)?\}\s+(\S+)",
+                      re.MULTILINE)
+GLUE_DEF = re.compile(r"\bglue\(\s*[\"']([\w.-]+)[\"']")
+CHECK_DEF = re.compile(r"check_metric\(\s*[\"']([a-z][a-z0-9_]*)[\"']")
+TRAIN_DEF = re.compile(r"report_training\(\s*[\"']([a-z][a-z0-9_]*)[\"']")
+
+
+def check_glue_keys(nb: dict) -> list[str]:
+    """Every glue key the Markdown pastes is glued by a code cell of the same notebook (by name, with
+    ``check_metric``'s and ``report_training``'s names expanded): a typo would fail the strict build."""
+    code = "\n".join(_source(c) for c in _cells(nb, "code"))
+    defined = set(GLUE_DEF.findall(code))
+    for name in CHECK_DEF.findall(code):
+        defined |= {f"check_{name}_{part}" for part in ("value", "threshold", "op")}
+    for name in TRAIN_DEF.findall(code):
+        defined |= {f"train_{name}_params", f"train_{name}_tokens"}
+    problems = []
+    for cell in _cells(nb, "markdown"):
+        for inline, block in GLUE_REF.findall(_source(cell)):
+            key = inline or block
+            if key not in defined:
+                problems.append(f"glue key {key!r} is pasted but never glued")
+    return problems
+
+
+def guide_times(guide: str, stem: str) -> dict[str, str]:
+    """The smoke and cpu cells of a chapter's row in the instructor guide's chapter map."""
+    lines = guide.splitlines()
+    header = next((ln for ln in lines if ln.startswith("| Chapter")), None)
+    row = next((ln for ln in lines if f"chapters/{stem}`" in ln and ln.startswith("|")), None)
+    if header is None or row is None:
+        return {}
+    names = [c.strip().split(" ")[0].lower() for c in header.strip("|").split("|")]
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    return {p: cells[names.index(p)] for p in ("smoke", "cpu") if p in names and names.index(p) < len(cells)}
+
+
+def check_run_time(nb: dict, times: dict[str, str]) -> list[str]:
+    """The chapter's Run time paragraph quotes the guide's measured smoke and cpu times verbatim."""
+    first = "\n\n".join(_source(c) for c in _cells(nb, "markdown")[:1])
+    paragraph = RUN_TIME.search(first)
+    if paragraph is None:
+        return ["no **Run time** paragraph in the first Markdown cell"]
+    problems = []
+    if "make times" not in paragraph.group(0):
+        problems.append("the Run time paragraph does not say its figures come from `make times`")
+    for profile in ("smoke", "cpu"):
+        if profile not in times:
+            problems.append(f"no {profile} time for this chapter in book/instructor_guide.md")
+        elif f"{profile} {times[profile]}" not in paragraph.group(0):
+            problems.append(f"Run time does not quote the guide's {profile} time {times[profile]!r}")
+    return problems
+
+
 # ----------------------------------------------------------------------------- the real book
 
 
@@ -289,6 +460,29 @@ def test_notebook_follows_the_template(path):
     assert problems == []
 
 
+GUIDE = BOOK / "instructor_guide.md"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_numbers_exercises_and_run_times_follow_the_rules(path):
+    if _chapter_number(path) in NOT_YET_CONVERTED:
+        pytest.skip("converted by issue #9 part B")
+    nb = _read(path)
+    times = guide_times(GUIDE.read_text(encoding="utf-8"), path.stem)
+    problems = (check_typed_results(nb) + check_difficulty(nb) + check_solutions_assert(nb)
+                + check_run_time(nb, times) + check_glue_keys(nb))
+    assert problems == []
+
+
+def test_book_pages_type_no_results():
+    """Pages outside the chapters (landscape, intro, setup...) cite their figures too."""
+    problems = []
+    for path in (BOOK / "landscape.md",):
+        if path.is_file():
+            problems += [f"{path.name}: {p}" for p in typed_results(path.read_text(encoding="utf-8"))]
+    assert problems == []
+
+
 def test_toc_lists_every_notebook_and_every_toc_file_exists():
     site_map = parse_toc_yaml(TOC)
     docnames = list(site_map)
@@ -348,9 +542,9 @@ def _good_notebook() -> dict:
         nbformat.v4.new_code_cell(SETUP_SOURCE),
         nbformat.v4.new_markdown_cell("```mermaid\nflowchart LR\n  A --> B\n```"),
         nbformat.v4.new_code_cell("x = 1"),
-        nbformat.v4.new_markdown_cell("```{exercise}\n:label: ex-03-a\nDo it.\n```"),
+        nbformat.v4.new_markdown_cell("```{exercise} ★★ Do it\n:label: ex-03-a\nDo it.\n```"),
         nbformat.v4.new_markdown_cell("```{solution} ex-03-a\n:class: dropdown\nBecause.\n```"),
-        nbformat.v4.new_code_cell("print(2 + 2)", metadata={"tags": ["solution"]}),
+        nbformat.v4.new_code_cell("assert 2 + 2 == 4", metadata={"tags": ["solution"]}),
     ]
     return nb
 
@@ -362,6 +556,9 @@ def test_checks_pass_on_a_good_notebook():
     assert check_setup_cell(nb, "03") == []
     assert check_mermaid(nb) == []
     assert check_exercises(nb) == []
+    assert check_difficulty(nb) == []
+    assert check_solutions_assert(nb) == []
+    assert check_typed_results(nb) == []
 
 
 def test_check_clean_catches_outputs_and_counts():
@@ -475,3 +672,117 @@ def test_check_citations_and_bib_keys():
     assert check_citations("see {cite:t}`known2020, missing1999`", known) == [
         "citation key 'missing1999' is not in book/references.bib"
     ]
+
+
+# Prose that must pass: every allowed kind of number.
+CLEAN_PROSE = """# 03 · Attention
+
+## 2. Why divide by $\\sqrt{d_k}$?
+
+**Run time** (`make times`, idle 2-core machine): smoke 41 s · cpu 3.2 min · gpu: not measured.
+
+Chapter 05 stacks 6 layers with 12 heads of 64; a 2×2 rotation acts on each pair, and `A` is 64×K.
+The loss fell from {glue:text}`loss_start:.2f` to {glue:text}`loss_end:.3f` nats in {glue:}`train_s` s.
+With $\\tau = 0.05$ and $10\\,000^{-2i/d}$ the formula holds; `init_std=0.02`, `base=10_000`.
+GPT-2 initialises its embeddings with a standard deviation of 0.02 {cite}`radford2019language`.
+BERT-base reached 85.8 on STS-B, 40 % smaller models 97 % of it {cite:p}`devlin2019bert`.
+Requires Python 3.10+ and PyTorch 2.4; written in 2017; see [the guide](https://x.org/v1.2/a%20b.html).
+
+```python
+lr = 3.5e-4  # 1.5x faster
+```
+
+```{exercise} ★ Easy one
+:label: ex-03-b
+Train for `300` steps and compare the curves.
+```
+"""
+
+
+def test_check_typed_results_passes_on_allowed_numbers():
+    assert typed_results(CLEAN_PROSE) == []
+
+
+@pytest.mark.parametrize("sentence, kind", [
+    ("The validation loss reached 1.47 after training.", "decimal"),
+    ("It reaches 97 % accuracy on the test split.", "percentage"),
+    ("That is about 4 percent more.", "percentage"),
+    ("Compiled code ran 2.3× faster here.", "multiplier"),
+    ("Compiled code is 3x faster on this CPU.", "multiplier"),
+    ("The fused kernel is 4 times faster.", "multiplier"),
+    ("Training took 20 s on the CI machine.", "time, memory or compute"),
+    ("Training took 3 min on a laptop.", "time, memory or compute"),
+    ("One fp32 matrix is 24 GiB.", "time, memory or compute"),
+    ("The corpus makes about 15 000 distinct chunks.", "thousands"),
+    ("All 7,575 sentences agree.", "thousands"),
+    ("Tiny Shakespeare has 1.1 million characters.", "decimal"),
+    ("It has 124 M parameters.", "million/billion"),
+    ("Half a million words: 2 million tokens.", "million/billion"),
+])
+def test_check_typed_results_catches_typed_results(sentence, kind):
+    nb = _good_notebook()
+    nb.cells[3 - 3].source = "# 03 · Attention\n\n" + sentence
+    problems = check_typed_results(nb)
+    assert any(p.startswith(f"cell 0: {kind} ") for p in problems), problems
+
+
+@pytest.mark.parametrize("text", [
+    "```{exercise} ★ Loss\n:label: ex-03-c\nWhy does the loss stop at 1.47 here?\n```",  # inside an exercise
+    "```{solution} ex-03-a\n:class: dropdown\nIt runs 2.5× faster.\n```",  # inside a solution
+    "* first point\n* the model is 12.5 % smaller {cite}`x`\n* and 3.5× faster",  # a cite covers its item only
+    "| model | accuracy |\n|---|---|\n| ours | 0.93 |",  # a table
+    "A sentence with a cite {cite}`x`. Another with 0.93 accuracy.",  # the cite covers its own sentence
+    "**Run time**: smoke 41 s.\n\nThe run took 12 s.",  # only the Run time paragraph is exempt
+])
+def test_check_typed_results_is_not_fooled(text):
+    assert typed_results(text) != []
+
+
+@pytest.mark.parametrize("title", ["```{exercise}", "```{exercise} Pairwise", "```{exercise} ****x",
+                                   "```{exercise} ★★★★ Too hard", "```{exercise} ★★Glued"])
+def test_check_difficulty_catches_missing_labels(title):
+    nb = _good_notebook()
+    nb.cells[4].source = f"{title}\n:label: ex-03-a\nDo it.\n```"
+    assert check_exercises(nb) == [] and len(check_difficulty(nb)) == 1
+
+
+def test_check_solutions_assert_catches_a_solution_that_only_prints():
+    nb = _good_notebook()
+    nb.cells[6].source = "print('the curve decays')"
+    assert check_solutions_assert(nb) == ["solution cell 6 asserts nothing"]
+    nb.cells[6].source = "scratchlm.check_metric('decay', 0.1, '<', 1.0)"
+    assert check_solutions_assert(nb) == []
+
+
+GUIDE_SNIPPET = """| Chapter | Learning objectives (short) | Prerequisites | smoke (2-core CPU) | cpu (laptop) | gpu (1 GPU) |
+|---|---|---|---|---|---|
+| {doc}`../chapters/03_attention` | attention | 01 | 41 s | 3.2 min | not measured |
+"""
+
+
+def test_check_run_time_compares_with_the_guide():
+    times = guide_times(GUIDE_SNIPPET, "03_attention")
+    assert times == {"smoke": "41 s", "cpu": "3.2 min"}
+    nb = _good_notebook()
+    nb.cells[0].source = "# 03 · Attention\n\n**Run time** (`make times`): smoke 41 s · cpu 3.2 min · gpu: not measured."
+    assert check_run_time(nb, times) == []
+    nb.cells[0].source = "# 03 · Attention\n\n**Run time** (`make times`): smoke 39 s · cpu 3.2 min."
+    assert check_run_time(nb, times) == ["Run time does not quote the guide's smoke time '41 s'"]
+    nb.cells[0].source = "# 03 · Attention\n\n**Run time**: smoke 41 s · cpu 3.2 min."
+    assert check_run_time(nb, times) == ["the Run time paragraph does not say its figures come from `make times`"]
+    nb.cells[0].source = "# 03 · Attention"
+    assert check_run_time(nb, times) == ["no **Run time** paragraph in the first Markdown cell"]
+    assert "no cpu time" in check_run_time(nb.__class__(cells=[nbformat.v4.new_markdown_cell(
+        "**Run time** (`make times`): smoke 41 s")]), {"smoke": "41 s"})[0]
+
+
+def test_check_glue_keys_catches_a_key_that_is_never_glued():
+    nb = _good_notebook()
+    nb.cells[3].source = ('glue("loss", 1.0, display=False)\nscratchlm.check_metric("acc", 0.9, ">", 0.5)\n'
+                          'scratchlm.report_training("lm", params=1, tokens=2)')
+    nb.cells[0].source = ("Loss {glue:text}`loss:.3f`, accuracy {glue:text}`check_acc_value:.1%` over "
+                          "{glue:}`train_lm_tokens` tokens.\n\n```{glue:figure} loss\n```")
+    assert check_glue_keys(nb) == []
+    nb.cells[0].source = "Loss {glue:text}`los:.3f` and {glue}`check_acc_margin`."
+    assert check_glue_keys(nb) == ["glue key 'los' is pasted but never glued",
+                                   "glue key 'check_acc_margin' is pasted but never glued"]

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.collate import left_pad
+from ..runtime.profiles import capped
 
 __all__ = ["generate", "left_pad", "next_token_distribution", "top_k_filter", "top_p_filter"]
 
@@ -160,6 +161,8 @@ def generate(
             to a (B, V) bool mask of the tokens each row may write next.
         decoder_start_id: first decoder token of an encoder-decoder (default: the config's).
     The context of a decoder-only model is cropped to ``config.block_size``. The model runs in eval mode.
+    Under a step cap (``SCRATCHLM_MAX_STEPS``, a dry run) at most that many tokens are generated, and the
+    result is that much narrower.
     """
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
         raise ValueError(f"input_ids must be an int64 tensor of shape (B, T); got "
@@ -169,6 +172,7 @@ def generate(
         raise ValueError("input_ids is an empty prompt (shape (B, 0)): give at least one token per row")
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0; got {max_new_tokens!r}")
+    max_new_tokens = capped(max_new_tokens)  # a dry run generates at most SCRATCHLM_MAX_STEPS tokens
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}; "
                          f"got {tuple(attention_mask.shape)}")

@@ -147,8 +147,10 @@ class LearnedPositionalEmbedding(nn.Embedding):
     """One trained vector per position, as in GPT-2 (``wpe``) and BERT (``position_embeddings``).
 
     It *is* an ``nn.Embedding(max_len, d_model)`` (so its weight is called ``weight`` and Hugging
-    Face checkpoints load by name), initialised ``N(0, init_std²)`` like GPT-2/BERT (std 0.02: small
-    next to the token embeddings, so training decides how much position matters). Two ways to call it:
+    Face checkpoints load by name), initialised ``N(0, init_std²)``; the default 0.02 is what Hugging Face's
+    GPT-2/BERT and nanoGPT use for every embedding (OpenAI's original GPT-2 code draws positions with
+    0.01 and tokens with 0.02). Small next to N(0, 1) token embeddings, so training decides how much
+    position matters. Two ways to call it:
 
     * integer ``positions`` of any shape ``(...)`` → their vectors ``(..., C)`` (the nanoGPT style:
       ``tok_emb + wpe(pos)``);

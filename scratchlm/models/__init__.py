@@ -1,11 +1,13 @@
 """The book's models, one file per model: ``transformer`` (the Chapter 05 encoder-decoder),
-``gpt`` (Chapter 06), ``bert`` (Chapter 07), ``t5`` (Chapter 08). All follow one contract
+``gpt`` (Chapter 06), ``bert`` (Chapter 07), ``t5`` (Chapter 08), and Chapter 04's position probe
+(``probes``). All follow one contract
 (:mod:`~scratchlm.models.outputs`, :class:`~scratchlm.models.base.PreTrainedModel`)."""
 
 from .base import PreTrainedModel, shift_right, token_cross_entropy
 from .bert import BertConfig, BertForPreTraining, BertModel, BertPreTrainingOutput
 from .gpt import GPT, GPTConfig
 from .outputs import ModelOutput
+from .probes import OrderProbe, order_task_batch, with_swapped_twins
 from .t5 import T5, T5Config
 from .transformer import EncoderDecoderConfig, EncoderDecoderTransformer
 
@@ -20,8 +22,11 @@ __all__ = [
     "EncoderDecoderTransformer",
     "GPTConfig",
     "ModelOutput",
+    "OrderProbe",
     "PreTrainedModel",
     "T5Config",
+    "order_task_batch",
     "shift_right",
     "token_cross_entropy",
+    "with_swapped_twins",
 ]

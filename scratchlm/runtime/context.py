@@ -11,7 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .profiles import Profile, current_profile
+from .env import env_int
+from .profiles import MAX_STEPS_ENV, Profile, current_profile, step_cap
+
+SEED_ENV = "SCRATCHLM_SEED"
+THREADS_ENV = "SCRATCHLM_THREADS"
 
 
 def get_device(prefer: str | None = None) -> torch.device:
@@ -74,16 +78,37 @@ def quiet_library_warnings() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def threads_override() -> int | None:
+    """``$SCRATCHLM_THREADS`` as a positive int (the CPU thread count a run was asked for), else ``None``.
+
+    :func:`setup_chapter` applies it; a chapter that picks its own thread count for a section (e.g. one
+    thread for a tiny model) uses ``threads_override() or its_choice`` so that the request wins.
+    """
+    return env_int(THREADS_ENV, minimum=1)
+
+
 def setup_chapter(chapter: str, *, seed: int = 1337, quiet: bool = False) -> ChapterContext:
-    """Seed everything, pick the device and profile, and print them with the library versions."""
+    """Seed everything, pick the device and profile, and print them with the library versions.
+
+    Two environment variables let a robustness check (``python -m book.check_profiles``) rerun a chapter
+    unchanged under other conditions: ``SCRATCHLM_SEED`` replaces ``seed``, and ``SCRATCHLM_THREADS``
+    sets the number of CPU threads (otherwise PyTorch's default, or one thread for the smoke profile
+    on CPU). With ``SCRATCHLM_MAX_STEPS`` set (a dry run, see :func:`scratchlm.runtime.profiles.capped`)
+    the banner says so.
+    """
     from .plotting import use_book_style  # matplotlib is heavy; only chapters need it
 
     profile = current_profile()
     device = get_device()
+    seed = env_int(SEED_ENV, default=seed, minimum=0)
+    threads = threads_override()
+    cap = step_cap()
     seed_everything(seed)
     use_book_style()
     quiet_library_warnings()
-    if profile == "smoke" and device.type == "cpu":
+    if threads is not None:
+        torch.set_num_threads(threads)
+    elif profile == "smoke" and device.type == "cpu":
         # Smoke models are tiny: a second thread buys nothing, and on a busy machine (CI, a shared
         # laptop) OpenMP threads waiting for each other run many times slower than one thread.
         torch.set_num_threads(1)
@@ -93,4 +118,6 @@ def setup_chapter(chapter: str, *, seed: int = 1337, quiet: bool = False) -> Cha
             f"python {platform.python_version()} | torch {torch.__version__} | "
             f"numpy {np.__version__} | threads {torch.get_num_threads()}"
         )
+        if cap is not None:
+            print(f"DRY RUN: {MAX_STEPS_ENV}={cap} caps every training loop; checks of trained results are skipped")
     return ChapterContext(chapter=chapter, profile=profile, device=device, seed=seed)

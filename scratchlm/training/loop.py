@@ -34,6 +34,7 @@ not stalled waiting for the CPU each step. The non-finite check is the one per-s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -46,6 +47,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..models.base import token_cross_entropy
+from ..runtime.profiles import capped, step_cap
 from .checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from .config import TrainConfig, TrainHistory
 from .distributed import all_ranks_ok, grad_sync_context, is_main_process, unwrap_model
@@ -181,6 +183,9 @@ def train(
     :mod:`scratchlm.training.distributed`). A ``history`` passed in holds every completed step even
     when training stops with an error.
 
+    Under a step cap (``SCRATCHLM_MAX_STEPS``, a dry run) the run stops after at most that many steps
+    and evaluates on at most that many batches (``max_steps`` and ``eval_batches`` are capped).
+
     ``on_step(done, model, history)``, when given, is called after every optimizer step (after that
     step's evaluation and checkpoint) with the number of steps done, the ``model`` passed in and the
     history so far (its per-step losses reach it every ``log_every`` steps). A true return ends training there (early
@@ -201,6 +206,8 @@ def train(
 
     # ---- pre-flight: everything that can be checked before step 1 --------------------------------
     cfg.check()  # fields may have been reassigned since construction
+    if step_cap() is not None:  # a dry run: the caller's cfg is left untouched
+        cfg = dataclasses.replace(cfg, max_steps=capped(cfg.max_steps), eval_batches=capped(cfg.eval_batches))
     check_config_json(cfg)
     main = is_main_process()
     if cfg.checkpoint_path and main:
