@@ -150,7 +150,7 @@ class Run:
 
 def find_chapters(wanted: list[str]) -> list[Path]:
     """Notebooks for chapter numbers ("1", "01"), names, or "all"."""
-    notebooks = sorted(CHAPTERS.glob("[0-9][0-9]_*.ipynb"))
+    notebooks = sorted(CHAPTERS.glob("[0-9][0-9]*_*.ipynb"))  # 06b: an interlude after 06
     if not wanted or wanted == ["all"]:
         return notebooks
     chosen = []
