@@ -57,6 +57,7 @@ import posixpath
 import re
 import shutil
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -138,9 +139,15 @@ def build_profile(confdir: Path) -> str:
     module_file = root / "runtime" / "profiles.py" if root else None
     if module_file is None or not module_file.is_file():
         return os.environ.get(PROFILE_ENV, "").strip().lower() or "default"
-    spec = importlib.util.spec_from_file_location("_scratchlm_profiles_for_the_build", module_file)
+    # profiles.py imports its sibling env.py: load both inside a stand-in package whose __init__ is
+    # never run, so the build needs torch (for the CUDA check) but not the whole package.
+    package = "_scratchlm_runtime_for_the_build"
+    stand_in = types.ModuleType(package)
+    stand_in.__path__ = [str(module_file.parent)]
+    sys.modules[package] = stand_in
+    spec = importlib.util.spec_from_file_location(f"{package}.profiles", module_file)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # only needs torch (for the CUDA check), not the whole package
+    spec.loader.exec_module(module)
     return module.current_profile()  # raises on a bad $SCRATCHLM_PROFILE, as the chapters would
 
 

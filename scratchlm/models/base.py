@@ -41,6 +41,27 @@ def token_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return total / count
 
 
+def sequence_mean_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean over the sequences of each sequence's mean −log p(label): every example weighs the same.
+
+    L = (1/B) Σ_b (1/N_b) Σ_{t: y_bt ≠ −100} −log softmax(z_bt)[y_bt], N_b = labelled positions of row b.
+    :func:`token_cross_entropy` averages over all labelled *tokens* of the batch instead, so a row
+    with a long target outweighs one with a short target. In a multi-task batch that matters: a
+    two-token answer (``spam </s>``) mixed with fifteen-token tag sequences gets a few percent of
+    the token mean but its row's share of this one. Rows without any labelled position count as 0
+    and are left out of the mean. Introduced in Chapter 08.
+    """
+    if logits.dim() != 3 or labels.dim() != 2 or logits.shape[:2] != labels.shape:
+        raise ValueError(f"sequence_mean_cross_entropy expects logits (B, T, V) and labels (B, T); got "
+                         f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+    per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)  # (B, T)
+    counts = (labels != IGNORE_INDEX).sum(-1)  # (B,)
+    per_row = per_token.sum(-1) / counts.clamp(min=1)  # (B,)
+    rows = (counts > 0).sum().clamp(min=1)  # scalar, no host sync
+    return per_row.sum() / rows
+
+
 def shift_for_causal_lm(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Position t predicts token t+1: drop the last logit and the first label (HF convention)."""
     return logits[:, :-1], labels[:, 1:]  # (B, T-1, V), (B, T-1)

@@ -1,4 +1,5 @@
-"""The training loop, its optimizer and schedule, and checkpoints (introduced in Chapter 06)."""
+"""The training loop, its optimizer and schedule, and checkpoints (introduced in Chapter 06); BERT's
+held-out metrics (Chapter 07)."""
 
 from .checkpoint import (
     RESERVED_KEYS,
@@ -10,6 +11,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, TrainHistory
 from .distributed import all_ranks_ok, get_rank, grad_sync_context, is_main_process, unwrap_model
+from .evaluation import BertEvaluation, evaluate_bert
 from .loop import autocast_context, causal_lm_loss, evaluate, train
 from .muon import (
     CUBIC_COEFFICIENTS,
@@ -33,6 +35,7 @@ from .preflight import (
 )
 
 __all__ = [
+    "BertEvaluation",
     "CUBIC_COEFFICIENTS",
     "Muon",
     "MuonAdamW",
@@ -51,6 +54,7 @@ __all__ = [
     "check_checkpoint_writable",
     "check_config_json",
     "evaluate",
+    "evaluate_bert",
     "fingerprint_differences",
     "fused_adamw_available",
     "get_rank",
