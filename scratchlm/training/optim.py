@@ -50,7 +50,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         start = max(cfg.warmup_steps, decay_steps - round(cfg.cooldown_fraction * decay_steps))
         if step < start:
             return cfg.learning_rate
-        return cfg.learning_rate - (cfg.learning_rate - cfg.min_lr) * (step - start) / (decay_steps - start)
+        left = (decay_steps - step) / (decay_steps - start)  # 1 -> 0 over the cool-down
+        return cfg.min_lr + (cfg.learning_rate - cfg.min_lr) * left  # exactly min_lr at D
     ratio = (step - cfg.warmup_steps) / (decay_steps - cfg.warmup_steps)  # 0 -> 1
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
