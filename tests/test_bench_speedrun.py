@@ -19,6 +19,7 @@ from scratchlm.bench.speedrun import (
     TargetStopper,
     build,
     run_speedrun,
+    step_costs,
     with_changes,
 )
 from scratchlm.models.gpt import GPT, GPTConfig
@@ -103,3 +104,22 @@ def test_bad_arguments():
         run_speedrun("speedrun")
     with pytest.raises(ValueError, match="threads"):
         run_speedrun(TINY, threads=0)
+
+
+def test_step_costs_time_every_recipe_side_by_side(data, monkeypatch):
+    ids, vocab = data
+    wide = with_changes(TINY, "wide", model=dict(d_model=32))
+    calls = []
+    real_train = speedrun.train
+    monkeypatch.setattr(speedrun, "train", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    costs = step_costs([TINY, wide], data=ids, vocab_size=vocab, steps=2, rounds=2)
+    assert set(costs) == {"tiny", "wide"} and all(c > 0 for c in costs.values())
+    assert len(calls) == 2 * 3  # a warm-up round, then two measured rounds, each visiting both
+    calls.clear()
+    monkeypatch.setenv("SCRATCHLM_MAX_STEPS", "1")  # a dry run: one round, no warm-up
+    assert set(step_costs([TINY, wide], data=ids, vocab_size=vocab, steps=2, rounds=2)) == {"tiny", "wide"}
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="at least one recipe"):
+        step_costs([], data=ids, vocab_size=vocab)
+    with pytest.raises(ValueError, match="rounds must be an int >= 1"):
+        step_costs([TINY], data=ids, vocab_size=vocab, rounds=0)

@@ -257,10 +257,15 @@ def step_costs(recipes: list[Recipe], *, data: dict[str, torch.Tensor], vocab_si
     Round-robin: every round trains each recipe's model for ``steps`` steps with
     :func:`scratchlm.training.train` (its ``train_time_s`` counts the steps only, not the set-up),
     after one warm-up round; the figure is the best round. Interleaving puts every recipe under the
-    same machine load, so the ratios hold even on a busy machine where the absolute times do not.
+    same machine load, so the ratios hold even on a busy machine where the absolute times do not. Under
+    a step cap (a dry run, :func:`~scratchlm.runtime.profiles.dry_run`) one round without warm-up: the
+    run proves that every recipe steps, not what a step costs.
     """
     if not recipes:
         raise ValueError("step_costs needs at least one recipe")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"step_costs: rounds must be an int >= 1; got {rounds!r}")
+    warmup, total = (0, 1) if dry_run() else (1, rounds + 1)
     runs = []
     for recipe in recipes:
         torch.manual_seed(seed)
@@ -271,10 +276,10 @@ def step_costs(recipes: list[Recipe], *, data: dict[str, torch.Tensor], vocab_si
                              "eval_every": 0, "progress": False, "checkpoint_path": None})
         runs.append((recipe.name, model, get_batch, cfg))
     best: dict[str, float] = {}
-    for round_ in range(rounds + 1):
+    for round_ in range(total):
         for name, model, get_batch, cfg in runs:
             history = train(model, get_batch, causal_lm_loss, cfg)
-            if round_ and history.steps:  # round 0 warms up (allocations, first-call overheads)
+            if round_ >= warmup and history.steps:  # round 0 warms up (allocations, first-call overheads)
                 per_step = history.train_time_s / len(history.steps)
                 best[name] = min(best.get(name, per_step), per_step)
     return best
