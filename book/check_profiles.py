@@ -11,7 +11,9 @@ reads them in ``scratchlm.setup_chapter``. What the chapter asserted comes back 
 of ``scratchlm.check_metric`` (``check_<name>_value`` / ``_threshold`` / ``_op`` / ``_skipped``) and
 ``scratchlm.report_training`` (``train_<name>_params`` / ``_tokens``), read from the executed
 notebook's outputs. Runs are sequential (never two at once: timings on a shared machine are noisy
-enough). Exit status 1 if a run failed or a check did not hold.
+enough; runs with an explicit thread count set OMP_WAIT_POLICY=PASSIVE, which changes no number but
+stops idle OpenMP threads from spinning on a shared machine). Exit status 1 if a run failed or a check
+did not hold.
 
 Why in ``book/`` and not in ``scratchlm.bench``: it runs the book's notebooks, which a pip-installed
 ``scratchlm`` does not contain; the package's benchmarks measure the package.
@@ -148,7 +150,7 @@ class Run:
 
 def find_chapters(wanted: list[str]) -> list[Path]:
     """Notebooks for chapter numbers ("1", "01"), names, or "all"."""
-    notebooks = sorted(CHAPTERS.glob("[0-9][0-9]_*.ipynb"))
+    notebooks = sorted(CHAPTERS.glob("[0-9][0-9]*_*.ipynb"))  # 06b: an interlude after 06
     if not wanted or wanted == ["all"]:
         return notebooks
     chosen = []
@@ -169,6 +171,9 @@ def run_env(profile: str, seed: int | None, threads: int | None, max_steps: int 
     if threads is not None:
         env["SCRATCHLM_THREADS"] = str(threads)
         env["OMP_NUM_THREADS"] = str(threads)
+        # Waiting OpenMP threads sleep instead of spinning: the numbers are the same (same thread count,
+        # same work split), but on a shared machine a spinning 2-thread run can be 10x slower.
+        env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     if max_steps is not None:
         env["SCRATCHLM_MAX_STEPS"] = str(max_steps)
     return env

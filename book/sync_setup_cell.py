@@ -39,7 +39,7 @@ def sync(notebooks: list[Path], source: str, *, check: bool = False) -> list[Pat
     changed = []
     for path in notebooks:
         notebook = json.loads(path.read_text(encoding="utf-8"))
-        if setup_cell.sync_notebook(notebook, path.name[:2], source):
+        if setup_cell.sync_notebook(notebook, path.name.split("_", 1)[0], source):
             changed.append(path)
             if not check:
                 _write_atomically(path, setup_cell.dumps(notebook))
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: chapters/*.ipynb")
     args = parser.parse_args(argv)
     source = setup_cell.configured_source(args.config)
-    notebooks = args.notebooks or sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
+    notebooks = args.notebooks or sorted((ROOT / "chapters").glob("[0-9][0-9]*_*.ipynb"))
     changed = sync(notebooks, source, check=args.check)
     for path in changed:
         print(f"{'differs' if args.check else 'rewrote'}: {path}")

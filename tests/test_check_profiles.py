@@ -58,7 +58,8 @@ def test_tables_flag_thin_and_failed_margins():
 
 def test_find_chapters():
     assert [p.name[:2] for p in cp.find_chapters(["1", "04"])] == ["01", "04"]
-    assert cp.find_chapters(["all"]) == sorted(cp.CHAPTERS.glob("[0-9][0-9]_*.ipynb"))
+    assert cp.find_chapters(["all"]) == sorted(cp.CHAPTERS.glob("[0-9][0-9]*_*.ipynb"))
+    assert [p.name for p in cp.find_chapters(["06b"])] == ["06b_speedrun.ipynb"]
     with pytest.raises(SystemExit, match="no chapter '99'"):
         cp.find_chapters(["99"])
 

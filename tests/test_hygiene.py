@@ -405,7 +405,8 @@ def _chapter_number(path: Path) -> str:
 def test_there_are_chapters():
     assert NOTEBOOKS, f"no notebooks in {CHAPTERS}"
     for path in NOTEBOOKS:
-        assert re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", path.name), f"{path.name} is not NN_short_name.ipynb"
+        # NN_name, or NNx_name for an interlude after chapter NN (06b: Chapter 6½, right after 06)
+        assert re.fullmatch(r"\d\d[a-z]?_[a-z0-9_]+\.ipynb", path.name), f"{path.name} is not NN_short_name.ipynb"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -476,3 +476,26 @@ def test_wrapper_bad_inputs():
     with pytest.raises(ValueError, match="ns_steps"):
         MuonAdamW([nn.Parameter(torch.ones(3))], lr=0.1, ns_steps=0)
     assert isinstance(opt, torch.optim.Optimizer)
+
+
+@pytest.mark.parametrize("make", ["muon", "wrapper"])
+def test_deepcopy_and_pickle_keep_the_newton_schulz_settings(make):
+    """torch.optim.Optimizer pickles only defaults/state/param_groups; the NS settings must survive too
+    (a deep copy of (model, optimizer) is how one branches a run, e.g. WSD cool-downs from one stable phase)."""
+    import pickle
+
+    model = _lm(3)
+    coefficients, dtype = CUBIC_COEFFICIENTS, torch.float64
+    if make == "muon":
+        opt = Muon([p for p in model.parameters() if p.ndim == 2], lr=0.02, coefficients=coefficients, ns_dtype=dtype)
+    else:
+        opt = build_muon_adamw(model)
+        opt.coefficients, opt.ns_dtype = coefficients, dtype
+    _train_steps(model, opt, 2, seed=21)
+    branch_model, branch_opt = copy.deepcopy((model, opt))
+    assert branch_opt.coefficients == coefficients and branch_opt.ns_dtype == dtype
+    assert pickle.loads(pickle.dumps(opt)).coefficients == coefficients
+    _train_steps(model, opt, 2, seed=22)
+    _train_steps(branch_model, branch_opt, 2, seed=22)  # the copy steps its own parameters, identically
+    for a, b in zip(model.parameters(), branch_model.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -66,8 +66,8 @@ def check_source(source: str) -> str:
 
 def render(chapter: str, source: str) -> str:
     """The set-up cell of chapter ``chapter`` ("01", "02", ...) installing from ``source``."""
-    if not re.fullmatch(r"\d\d", chapter):
-        raise ValueError(f"chapter must be two digits like '03'; got {chapter!r}")
+    if not re.fullmatch(r"\d\d[a-z]?", chapter):  # "06b": an interlude after chapter 06
+        raise ValueError(f"chapter must be two digits like '03' (or an interlude like '06b'); got {chapter!r}")
     return TEMPLATE.format(source=json.dumps(check_source(source)), chapter=json.dumps(chapter), extras=EXTRAS)
 
 

@@ -11,6 +11,9 @@ _INT_FIELDS = {"max_steps": 1, "warmup_steps": 0, "grad_accum_steps": 1, "eval_e
                "checkpoint_every": 0, "log_every": 1}  # name -> smallest allowed value
 _FLOAT_FIELDS = ("learning_rate", "min_lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip")
 _BOOL_FIELDS = ("eval_train", "eval_at_start", "compile", "resume", "progress", "validate_inputs")
+_MUON_FLOAT_FIELDS = ("muon_lr", "muon_momentum", "cooldown_fraction")
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
 
 
 @dataclass
@@ -21,11 +24,16 @@ class TrainConfig:
     learning_rate: float = 1e-3  # peak learning rate, reached at the end of warm-up
     min_lr: float = 1e-4  # floor the cosine decays to (nanoGPT: learning_rate / 10)
     warmup_steps: int = 100  # linear warm-up from ~0 to learning_rate
-    lr_decay_steps: int | None = None  # step where the cosine reaches min_lr (None: max_steps)
+    lr_decay_steps: int | None = None  # step where the decay reaches min_lr (None: max_steps)
+    schedule: Literal["cosine", "wsd"] = "cosine"  # after warm-up: cosine decay, or warmup-stable-decay
+    cooldown_fraction: float = 0.2  # wsd only: the linear decay to min_lr takes this fraction of lr_decay_steps
     weight_decay: float = 0.1  # AdamW decoupled weight decay, matrices only (see param groups)
     beta1: float = 0.9  # AdamW first-moment decay
     beta2: float = 0.99  # AdamW second-moment decay (0.99 for small-batch char models)
     eps: float = 1e-8  # AdamW denominator epsilon
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for hidden matrices, AdamW for the rest
+    muon_lr: float = 0.02  # muon only: Muon's peak rate (scheduled like learning_rate, times muon_lr / learning_rate)
+    muon_momentum: float = 0.95  # muon only: Muon's momentum (Nesterov)
     grad_clip: float = 1.0  # clip the global gradient norm to this; 0 disables clipping
     grad_accum_steps: int = 1  # micro-batches per optimizer step (effective batch = A * batch)
     eval_every: int = 250  # evaluate after every this many steps (and after the last); 0: never
@@ -66,6 +74,20 @@ class TrainConfig:
         for name in _BOOL_FIELDS:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"TrainConfig.{name} must be True or False; got {getattr(self, name)!r}")
+        for name in _MUON_FLOAT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise TypeError(f"TrainConfig.{name} must be a finite number (int or float); got {value!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainConfig.optimizer must be one of {OPTIMIZERS}; got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig.schedule must be one of {SCHEDULES}; got {self.schedule!r}")
+        if not 0 < self.cooldown_fraction <= 1:
+            raise ValueError(f"TrainConfig.cooldown_fraction must be in (0, 1]; got {self.cooldown_fraction}")
+        if not self.muon_lr > 0:
+            raise ValueError(f"TrainConfig.muon_lr must be > 0; got {self.muon_lr}")
+        if not 0 <= self.muon_momentum < 1:
+            raise ValueError(f"TrainConfig.muon_momentum must lie in [0, 1); got {self.muon_momentum}")
         if self.fused not in (None, True, False):
             raise TypeError(f"TrainConfig.fused must be None, True or False; got {self.fused!r}")
         if self.lr_decay_steps is not None:

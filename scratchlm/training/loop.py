@@ -1,7 +1,8 @@
 """The one training loop every chapter uses (introduced in Chapter 06).
 
-``train(model, get_batch, loss_fn, cfg)`` runs AdamW (decay / no-decay parameter groups), a linear
-warm-up followed by cosine decay of the learning rate, gradient clipping, gradient accumulation,
+``train(model, get_batch, loss_fn, cfg)`` runs AdamW (decay / no-decay parameter groups) or, with
+``optimizer="muon"``, Muon for the hidden matrices and AdamW for the rest; a linear warm-up followed by
+cosine decay of the learning rate (or warmup-stable-decay, ``schedule="wsd"``), gradient clipping, gradient accumulation,
 autocast (bf16 on CUDA), optional ``torch.compile``, evaluation every ``eval_every`` steps and
 checkpoint / resume in safetensors (see :mod:`scratchlm.training.checkpoint`).
 
@@ -170,12 +171,13 @@ def train(
     history: TrainHistory | None = None,
     param_groups: Sequence[Mapping[str, Any]] | None = None,
     on_step: Callable[[int], None] | None = None,
+    after_step: Callable[[int, nn.Module, TrainHistory], bool | None] | None = None,
 ) -> TrainHistory:
     """Train ``model`` for ``cfg.max_steps`` optimizer steps; return the loss history.
 
     Each step s: lr ← lr_at(s); for a < A: loss_a = loss_fn(model, get_batch("train", s·A + a));
     backward(loss_a / A) (so gradients are the mean over micro-batches); clip ‖g‖₂ ≤ grad_clip;
-    AdamW step. With ``cfg.resume`` and an existing checkpoint the model, optimizer, RNG states,
+    optimizer step (``cfg.optimizer``, see :func:`scratchlm.training.build_optimizer`). With ``cfg.resume`` and an existing checkpoint the model, optimizer, RNG states,
     step and history are restored first and the loop continues where it stopped.
 
     ``model`` may be wrapped for data parallelism (DDP, FSDP2): micro-batches before the last of a
@@ -191,6 +193,13 @@ def train(
 
     Under a step cap (``SCRATCHLM_MAX_STEPS``, a dry run) the run stops after at most that many steps
     and evaluates on at most that many batches (``max_steps`` and ``eval_batches`` are capped).
+
+    ``after_step(done, model, history)``, when given, is called after every optimizer step (after that
+    step's evaluation and checkpoint) with the number of steps done, the ``model`` passed in and the
+    history so far (its per-step losses reach it every ``log_every`` steps). A true return ends training there (early
+    stopping, e.g. once a target loss is reached): the history ends at that step, and with a
+    ``checkpoint_path`` a checkpoint of that step is written unless one was just saved. In a
+    distributed run one rank asking to stop stops them all.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"train() expects an nn.Module; got {type(model).__name__}")
@@ -198,6 +207,9 @@ def train(
         raise TypeError("train() expects callables get_batch(split, index) and loss_fn(model, batch)")
     if on_step is not None and not callable(on_step):
         raise TypeError(f"on_step must be a callable on_step(step) or None; got {type(on_step).__name__}")
+    if after_step is not None and not callable(after_step):
+        raise TypeError(f"train() expects after_step to be None or a callable (done, model, history) -> bool; "
+                        f"got {type(after_step).__name__}")
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"train() expects a TrainConfig; got {type(cfg).__name__}")
     from tqdm.auto import tqdm
@@ -224,7 +236,10 @@ def train(
         start = _resume(cfg, core, optimizer, fingerprint, history)  # restores the RNGs: after get_batch
     runner = torch.compile(model) if cfg.compile else model  # checkpoints always use `core`
     A = cfg.grad_accum_steps
-    params = [p for group in optimizer.param_groups for p in group["params"]]  # clipped together
+    # clipped together, in the model's parameter order (the norm's float sum does not depend on how
+    # the optimizer happens to group them)
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    params = [p for p in core.parameters() if id(p) in in_optimizer]
     pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []  # (step, lr, loss sum, norm) not yet logged
 
     def flush() -> None:
@@ -314,6 +329,11 @@ def train(
                     bar.set_postfix(loss=f"{history.train_loss[-1]:.4f}", val=f"{history.val_loss[-1]:.4f}")
             if saving:
                 save(done)
+            if after_step is not None and _stop_requested(after_step(done, model, history), device) and not last:
+                flush()
+                if cfg.checkpoint_path and main and not saving:
+                    save(done)
+                break
     finally:
         bar.close()
         if pending:  # stopped by an error: keep the completed steps, but never hide that error
@@ -321,6 +341,10 @@ def train(
                 flush()
     return history
 
+
+def _stop_requested(answer: bool | None, device: torch.device) -> bool:
+    """``after_step``'s answer, OR-ed over ranks in a distributed run (one rank stopping alone would hang)."""
+    return not bool(all_ranks_ok(torch.tensor(not answer, device=device)))
 
 
 def causal_lm_loss(model: nn.Module, batch) -> torch.Tensor:

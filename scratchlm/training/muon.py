@@ -152,6 +152,11 @@ class Muon(torch.optim.Optimizer):
                         ns_steps=ns_steps)
         super().__init__(params, defaults)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """torch.optim.Optimizer pickles only defaults, state and param_groups; keep the NS settings too
+        (``copy.deepcopy`` and ``pickle`` go through here)."""
+        return {**super().__getstate__(), "coefficients": self.coefficients, "ns_dtype": self.ns_dtype}
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group after checking that every parameter in it is a 2-D matrix."""
         params = _tensors(param_group["params"])  # a generator can be read only once
@@ -311,6 +316,11 @@ class MuonAdamW(torch.optim.Optimizer):
         defaults = dict(lr=lr, lr_scale=1.0, use_muon=False, momentum=momentum, nesterov=bool(nesterov),
                         ns_steps=ns_steps, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """torch.optim.Optimizer pickles only defaults, state and param_groups; keep the NS settings too
+        (``copy.deepcopy`` and ``pickle`` go through here)."""
+        return {**super().__getstate__(), "coefficients": self.coefficients, "ns_dtype": self.ns_dtype}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; a ``use_muon`` group must hold 2-D matrices only."""

@@ -1,10 +1,12 @@
 """Optimizer and learning-rate schedule for the training loop (introduced in Chapter 06).
 
-* :func:`lr_at`: linear warm-up, then cosine decay (nanoGPT's schedule).
+* :func:`lr_at`: linear warm-up, then cosine decay (nanoGPT's schedule, ``schedule="cosine"``) or
+  a constant rate followed by a short linear cool-down (warmup-stable-decay, ``schedule="wsd"``).
 * :func:`adamw_with_decay_groups`: AdamW where matrices decay and biases / norm gains don't.
 * :func:`adamw_from_param_groups` → :class:`ScaledAdamW`: AdamW over caller-given groups with an
   ``lr_scale`` each (layer-wise learning-rate decay, Chapter 09).
-* :func:`build_optimizer`: given groups, else the model's own ``configure_optimizers``, else the above.
+* :func:`build_optimizer`: ``TrainConfig.optimizer`` picks AdamW (over given groups, else the model's
+  own ``configure_optimizers``, else the above) or Muon + AdamW (:func:`scratchlm.training.build_muon_adamw`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,21 @@ if TYPE_CHECKING:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for (0-based) ``step``: linear warm-up, then cosine decay to ``min_lr``.
+    """Learning rate for (0-based) ``step``: linear warm-up, then ``cfg.schedule``'s decay to ``min_lr``.
 
-    lr(s) = lr_max (s + 1) / (W + 1)                                          for s < W
-    lr(s) = lr_min + ½ (1 + cos(π (s − W) / (D − W))) (lr_max − lr_min)        for W ≤ s ≤ D
-    lr(s) = lr_min                                                             for s > D
-    with W = warmup_steps and D = lr_decay_steps (default max_steps); nanoGPT's schedule.
+    Warm-up (both schedules), with W = warmup_steps:
+        lr(s) = lr_max (s + 1) / (W + 1)                                          for s < W
+    ``schedule="cosine"`` (nanoGPT's), with D = lr_decay_steps (default max_steps):
+        lr(s) = lr_min + ½ (1 + cos(π (s − W) / (D − W))) (lr_max − lr_min)        for W ≤ s ≤ D
+    ``schedule="wsd"`` (warmup-stable-decay, "trapezoidal"), cool-down from S = max(W, D − K),
+    K = round(cooldown_fraction · D):
+        lr(s) = lr_max                                                            for W ≤ s < S
+        lr(s) = lr_max − (lr_max − lr_min) (s − S) / (D − S)                      for S ≤ s ≤ D
+    and lr(s) = lr_min for s > D.
+
+    Why WSD: the loss falls steeply while the rate decays, whatever the run's length. The cosine
+    spends its whole length decaying, so where a run ends must be fixed in advance; WSD holds the
+    peak rate (fast progress) and decays only at the end, and a longer run reuses the stable phase.
     """
     if step < 0:
         raise ValueError(f"step must be >= 0; got {step}")
@@ -37,6 +48,12 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.learning_rate * (step + 1) / (cfg.warmup_steps + 1)
     if step > decay_steps or decay_steps <= cfg.warmup_steps:
         return cfg.min_lr
+    if cfg.schedule == "wsd":
+        start = max(cfg.warmup_steps, decay_steps - round(cfg.cooldown_fraction * decay_steps))
+        if step < start:
+            return cfg.learning_rate
+        left = (decay_steps - step) / (decay_steps - start)  # 1 -> 0 over the cool-down
+        return cfg.min_lr + (cfg.learning_rate - cfg.min_lr) * left  # exactly min_lr at D
     ratio = (step - cfg.warmup_steps) / (decay_steps - cfg.warmup_steps)  # 0 -> 1
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
@@ -161,8 +178,24 @@ def adamw_from_param_groups(
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig,
                     param_groups: Sequence[Mapping[str, Any]] | None = None) -> torch.optim.Optimizer:
-    """AdamW over ``param_groups`` when given (:func:`adamw_from_param_groups`), else the model's own
-    ``configure_optimizers`` when it has one, else :func:`adamw_with_decay_groups`."""
+    """The optimizer ``cfg.optimizer`` names, with every group's ``lr`` at ``cfg.learning_rate``.
+
+    ``"adamw"``: over ``param_groups`` when given (:func:`adamw_from_param_groups`), else the model's
+    own ``configure_optimizers`` when it has one, else :func:`adamw_with_decay_groups`. ``"muon"``:
+    :func:`scratchlm.training.build_muon_adamw` (Muon for the hidden matrices at ``muon_lr``, AdamW
+    for embeddings, head, biases and gains at ``learning_rate``); each group's ``lr_scale`` makes the
+    one schedule the loop writes into ``group["lr"]`` drive Muon at ``muon_lr / learning_rate`` times
+    the AdamW rate. ``fused`` does not apply to it, and it does not take ``param_groups``.
+    """
+    if cfg.optimizer == "muon":
+        if param_groups is not None:
+            raise ValueError("optimizer='muon' splits the model's parameters itself; param_groups apply to "
+                             "optimizer='adamw' only")
+        from .muon import build_muon_adamw
+
+        return build_muon_adamw(model, muon_lr=cfg.muon_lr, adamw_lr=cfg.learning_rate,
+                                weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                                momentum=cfg.muon_momentum, base_lr=cfg.learning_rate)
     kwargs = dict(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                   betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=cfg.fused)
     if param_groups is not None:

@@ -13,7 +13,9 @@ What the fingerprint holds, and what it leaves out on purpose:
 * the nested shapes of ``get_batch("train", 0)`` (batch size, block length; index 0 because
   ``get_batch`` is pure, so the same data pipeline gives the same shapes even with dynamic padding);
 * ``grad_accum_steps``, ``learning_rate``, ``min_lr``, ``warmup_steps``, ``weight_decay``, ``beta1``,
-  ``beta2``, ``eps``, ``grad_clip``;
+  ``beta2``, ``eps``, ``grad_clip``; and ``optimizer``, ``muon_lr``, ``muon_momentum``, ``schedule``,
+  ``cooldown_fraction`` when set away from their defaults (they came later: a checkpoint written
+  before them has none, and its run used the defaults);
 * the *effective* end of the cosine, ``lr_decay_steps`` or, when that is None, ``max_steps``. So
   ``max_steps`` may grow on resume only when ``lr_decay_steps`` is set (and unchanged): otherwise a
   longer run stretches the cosine, and the steps already taken followed another schedule;
@@ -42,6 +44,10 @@ from .distributed import unwrap_model
 
 _SCHEDULE_FIELDS = ("grad_accum_steps", "learning_rate", "min_lr", "warmup_steps", "weight_decay", "beta1",
                     "beta2", "eps", "grad_clip")
+# Added after checkpoints already existed: fingerprinted only when set away from the default, so a
+# checkpoint written before these options still resumes (its run used the defaults).
+_LATER_FIELDS = {"optimizer": "adamw", "muon_lr": 0.02, "muon_momentum": 0.95, "schedule": "cosine",
+                 "cooldown_fraction": 0.2}
 _ABSENT = "(absent)"
 
 
@@ -122,6 +128,7 @@ def training_fingerprint(cfg: TrainConfig, first_batch: Any, model: nn.Module,
         "batch": batch_signature(first_batch),
         **{name: getattr(cfg, name) for name in _SCHEDULE_FIELDS},
         "lr_decay_steps (effective; None means max_steps)": decay_end,
+        **{name: getattr(cfg, name) for name, default in _LATER_FIELDS.items() if getattr(cfg, name) != default},
         "model": model_signature(model),
     }
     if param_groups is not None:
