@@ -7,6 +7,7 @@ from .env import env_flag, env_int
 from .plotting import plot_attention_heads, plot_heatmap, plot_loss_curves, use_book_style
 from .profiles import PROFILES, by_profile, capped, current_profile, default_profile, dry_run, step_cap
 from .source import get_source, show_source
+from .widgets import explorer
 
 __all__ = [
     "PROFILES",
@@ -20,6 +21,7 @@ __all__ = [
     "dry_run",
     "env_flag",
     "env_int",
+    "explorer",
     "get_device",
     "get_source",
     "plot_attention_heads",
