@@ -63,10 +63,11 @@ learner-test: setup
 	$(BIN)/python -m pytest -m learner -ra
 
 # pytest-xdist: one worker per core; --dist loadfile keeps each file (a notebook, the site build) on
-# one worker, so the site build and the notebooks run side by side (TEST_WORKERS=0: one process).
+# one worker, so the site build and the notebooks run side by side (TEST_WORKERS=0: one process);
+# --no-loadscope-reorder keeps conftest.py's order (the longest files first) instead of most-tests-first.
 TEST_WORKERS ?= auto
 test: setup vendor browser lint
-	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Robustness: every asserted metric with its margin, per seed and thread count (book/check_profiles.py).
 PROFILE  ?= cpu

@@ -6,6 +6,7 @@ import logging
 import os
 import platform
 import random
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,10 +73,40 @@ class ChapterContext:
 QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
 
 
+# Deprecation notices that transformers raises from its own internals when peft or our comparisons
+# call it (e.g. "`past_key_values` is deprecated ... for BertModel.forward"): about the library's next
+# version, not about the chapter's code, and stderr output fails the website build.
+QUIET_WARNING_MODULES = r"transformers(\..*)?$"
+
+
 def quiet_library_warnings() -> None:
-    """Raise the level of :data:`QUIET_LOGGERS` to ERROR (real errors still show)."""
+    """Raise the level of :data:`QUIET_LOGGERS` to ERROR and ignore transformers' FutureWarnings."""
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=QUIET_WARNING_MODULES)
+
+
+def plain_numpy_scalars() -> None:
+    """Show NumPy scalars as plain numbers in notebook outputs (``0.25``, not ``np.float64(0.25)``).
+
+    NumPy 2's repr names the type; myst-nb's ``glue`` formats a glued value from that text, so
+    ``{glue:text}`acc:.1%``` of a NumPy float fails the website build. A no-op outside IPython.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with every notebook environment
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    formatter = shell.display_formatter.formatters["text/plain"]
+    # Registered per concrete type: np.float64 is also a Python float, whose own printer IPython
+    # would find first through the abstract np.floating.
+    kinds = [(t, float) for t in (np.float16, np.float32, np.float64)]
+    kinds += [(t, int) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)]
+    kinds += [(np.bool_, bool)]
+    for kind, convert in kinds:
+        formatter.for_type(kind, lambda obj, printer, cycle, convert=convert: printer.text(repr(convert(obj))))
 
 
 def threads_override() -> int | None:
@@ -106,6 +137,7 @@ def setup_chapter(chapter: str, *, seed: int = 1337, quiet: bool = False) -> Cha
     seed_everything(seed)
     use_book_style()
     quiet_library_warnings()
+    plain_numpy_scalars()
     if threads is not None:
         torch.set_num_threads(threads)
     elif profile == "smoke" and device.type == "cpu":
