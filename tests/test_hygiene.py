@@ -224,7 +224,9 @@ def bib_keys(text: str) -> list[str]:
 
 # Chapters that issue #9 part B converts (numbers glued, difficulty labels, asserting solutions, run times
 # equal to the guide). Empty this set as each is done; every other chapter (01-04, 09 onwards) must comply.
-NOT_YET_CONVERTED = {"05", "06", "07", "08"}
+# Chapters whose instructor-guide row still holds placeholders (T05S, T05C, ...) for the smoke/cpu times
+# that one `make times` run on an idle machine fills in; every other rule applies to them.
+TIMES_NOT_YET_MEASURED = {"05", "06", "07", "08"}
 
 DIFFICULTY_TITLE = re.compile(r"\{exercise(?:-start)?\}[ \t]+(★{1,3})[ \t]+[^\s★]")
 EXERCISE_LINE = re.compile(r"^\s*(?:`{3,}|:{3,})\s*\{exercise(?:-start)?\}[^\n]*$", re.MULTILINE)
@@ -465,12 +467,11 @@ GUIDE = BOOK / "instructor_guide.md"
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_numbers_exercises_and_run_times_follow_the_rules(path):
-    if _chapter_number(path) in NOT_YET_CONVERTED:
-        pytest.skip("converted by issue #9 part B")
     nb = _read(path)
     times = guide_times(GUIDE.read_text(encoding="utf-8"), path.stem)
-    problems = (check_typed_results(nb) + check_difficulty(nb) + check_solutions_assert(nb)
-                + check_run_time(nb, times) + check_glue_keys(nb))
+    problems = check_typed_results(nb) + check_difficulty(nb) + check_solutions_assert(nb) + check_glue_keys(nb)
+    if _chapter_number(path) not in TIMES_NOT_YET_MEASURED:
+        problems += check_run_time(nb, times)
     assert problems == []
 
 
