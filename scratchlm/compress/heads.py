@@ -101,28 +101,12 @@ def head_importance_taylor(attns: Sequence[MultiHeadAttention], loss_fn: Callabl
     attns = [_check_attention(a) for a in attns]
     if not attns:
         raise ValueError("head_importance_taylor needs at least one attention layer")
-    outs: dict[int, list[Tensor]] = {i: [] for i in range(len(attns))}
-    handles = [a.out_proj.register_forward_pre_hook(lambda _m, args, i=i: outs[i].append(args[0]))
-               for i, a in enumerate(attns)]
-    try:
-        loss = loss_fn()
-    finally:
-        for h in handles:
-            h.remove()
-    if not isinstance(loss, Tensor) or loss.dim() != 0 or not loss.requires_grad:
-        raise ValueError("loss_fn() must return a scalar tensor that requires grad")
-    missing = [i for i, o in outs.items() if not o]
-    if missing:
-        raise ValueError(f"loss_fn() never called the attention layer(s) {missing}: nothing to score")
-    flat = [o for i in range(len(attns)) for o in outs[i]]
-    if not all(o.requires_grad for o in flat):
-        raise ValueError("the attention outputs do not require grad (are the parameters frozen?)")
-    grads = iter(torch.autograd.grad(loss, flat))
+    captured = _inputs_with_grads([a.out_proj for a in attns], loss_fn,
+                                  "attention layer(s)", "attention outputs")
     scores = []
-    for i, attn in enumerate(attns):
+    for attn, pairs in zip(attns, captured, strict=True):
         total = torch.zeros(attn.n_heads)  # (H,)
-        for o in outs[i]:
-            g = next(grads)  # (B, T, I)
+        for o, g in pairs:  # (B, T, I) each
             per_head = (o.detach() * g).float().reshape(-1, attn.n_heads, attn.head_dim)  # (B·T, H, d)
             total = total + per_head.sum(dim=(0, 2)).cpu()  # (H,)
         scores.append(total.abs())  # (H,)
@@ -138,9 +122,25 @@ def ffn_importance_taylor(ffns: Sequence[FeedForward], loss_fn: Callable[[], Ten
     """
     if not ffns or any(not isinstance(f, FeedForward) for f in ffns):
         raise TypeError("ffns must be a non-empty sequence of scratchlm FeedForward modules")
-    acts: dict[int, list[Tensor]] = {i: [] for i in range(len(ffns))}
-    handles = [f.linear2.register_forward_pre_hook(lambda _m, args, i=i: acts[i].append(args[0]))
-               for i, f in enumerate(ffns)]
+    scores = []
+    for pairs in _inputs_with_grads([f.linear2 for f in ffns], loss_fn, "FFN(s)", "FFN activations"):
+        total = sum((a.detach() * g).float().reshape(-1, a.shape[-1]).sum(dim=0).cpu()
+                    for a, g in pairs)  # (d_ff,)
+        scores.append(total.abs())  # (H,)
+    return scores
+
+
+
+def _inputs_with_grads(modules: Sequence[nn.Module], loss_fn: Callable[[], Tensor], callee: str,
+                       inputs: str) -> list[list[tuple[Tensor, Tensor]]]:
+    """Run ``loss_fn()`` once; per module, every input it received paired with ∂L/∂input (one backward).
+
+    Shared by the head and FFN Taylor scores: a forward pre-hook records each call's input, then one
+    ``torch.autograd.grad`` gives all the gradients without writing ``.grad``.
+    """
+    seen: list[list[Tensor]] = [[] for _ in modules]
+    handles = [m.register_forward_pre_hook(lambda _m, args, i=i: seen[i].append(args[0]))
+               for i, m in enumerate(modules)]
     try:
         loss = loss_fn()
     finally:
@@ -148,20 +148,14 @@ def ffn_importance_taylor(ffns: Sequence[FeedForward], loss_fn: Callable[[], Ten
             h.remove()
     if not isinstance(loss, Tensor) or loss.dim() != 0 or not loss.requires_grad:
         raise ValueError("loss_fn() must return a scalar tensor that requires grad")
-    missing = [i for i, a in acts.items() if not a]
+    missing = [i for i, xs in enumerate(seen) if not xs]
     if missing:
-        raise ValueError(f"loss_fn() never called the FFN(s) {missing}: nothing to score")
-    flat = [a for i in range(len(ffns)) for a in acts[i]]
-    if not all(a.requires_grad for a in flat):
-        raise ValueError("the FFN activations do not require grad (are the parameters frozen?)")
+        raise ValueError(f"loss_fn() never called the {callee} {missing}: nothing to score")
+    flat = [x for xs in seen for x in xs]
+    if not all(x.requires_grad for x in flat):
+        raise ValueError(f"the {inputs} do not require grad (are the parameters frozen?)")
     grads = iter(torch.autograd.grad(loss, flat))
-    scores = []
-    for i in range(len(ffns)):
-        total = sum((a.detach() * next(grads)).float().reshape(-1, a.shape[-1]).sum(dim=0).cpu()
-                    for a in acts[i])  # (H,)
-        scores.append(total.abs())  # (H,)
-    return scores
-
+    return [[(x, next(grads)) for x in xs] for xs in seen]
 
 def select_heads(scores: Sequence[Tensor], fraction: float, *, scope: str = "global",
                  normalize: bool = True, min_heads: int = 1) -> list[list[int]]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from torch import Tensor, nn
 
 from ..layers.multihead import MultiHeadAttention
 from ..layers.norms import LayerNorm, RMSNorm
+from ..models.hf import _atomic_write
 from .adapter import ADAPTER_ACTIVATIONS, ADAPTER_SITES, Adapter
 from .lora import LoRALinear
 from .prefix import LayerPrefix, PrefixEncoder
@@ -326,15 +326,7 @@ def save_peft(model: nn.Module, path: str | os.PathLike) -> Path:
     path = Path(path)
     meta = {"scratchlm_peft": json.dumps({"method": config.method, **asdict(config)})}
     data = save(tensors, metadata=meta)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    _atomic_write(path, data)  # temp file, fsync, rename: never half-written
     return path
 
 
