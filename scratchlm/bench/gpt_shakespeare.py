@@ -136,7 +136,7 @@ def load_text() -> str:
         one, five, fifteen = os.getloadavg()
     except OSError:  # pragma: no cover - not on every platform
         return "load n/a"
-    return f"load {one:.2f} / {five:.2f} / {fifteen:.2f} on {os.cpu_count()} cores"
+    return f"load {one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min) on {os.cpu_count()} cores"
 
 
 def report(settings: Settings, r: dict[str, float], args: argparse.Namespace) -> None:

@@ -33,7 +33,6 @@ Introduced in Chapter 6½.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -46,7 +45,7 @@ from ..models.base import token_cross_entropy
 from ..models.gpt import GPT, GPTConfig
 from ..runtime.profiles import capped, dry_run
 from ..training import TrainConfig, TrainHistory, causal_lm_loss, train
-from .gpt_shakespeare import full_split_loss, prepare_data
+from .gpt_shakespeare import full_split_loss, load_text, prepare_data
 
 TARGET = 1.88  # val loss on the whole validation split (nanoGPT's README figure for its CPU run)
 EVAL_BLOCK = 64  # windows of the evaluation: nanoGPT's block size, for every recipe
@@ -283,15 +282,6 @@ def step_costs(recipes: list[Recipe], *, data: dict[str, torch.Tensor], vocab_si
                 per_step = history.train_time_s / len(history.steps)
                 best[name] = min(best.get(name, per_step), per_step)
     return best
-
-
-def load_text() -> str:
-    """``os.getloadavg()`` as printed beside every timing (the machine's 1, 5 and 15 minute load)."""
-    try:
-        one, five, fifteen = os.getloadavg()
-    except OSError:  # pragma: no cover - not on every platform
-        return "load n/a"
-    return f"load {one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min) on {os.cpu_count()} cores"
 
 
 def main(argv: list[str] | None = None) -> None:

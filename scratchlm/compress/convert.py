@@ -122,6 +122,30 @@ def _tied_linear_names(model: nn.Module) -> set[str]:
     return tied
 
 
+def swap_modules(model: nn.Module, kind: type[nn.Module], is_tied: Callable[[str, nn.Module], bool],
+                 build: Callable[[nn.Module], nn.Module], filter_fn: Callable[[str, nn.Module], bool] | None,
+                 report: QuantizationReport) -> None:
+    """Replace every ``kind`` submodule of ``model`` by ``build(module)``, recording in ``report`` what was
+    replaced and why the others were skipped (tied weight, or ``filter_fn`` said no). The targets are
+    collected first: replacing while ``named_modules`` walks the tree would visit the new modules.
+    Shared by :func:`quantize_model` (Linear layers) and ``quantize_embeddings``. Chapter 12."""
+    targets = []
+    for name, module in model.named_modules():
+        if not isinstance(module, kind):
+            continue
+        if is_tied(name, module):
+            report.skipped[name] = "weight tied to another parameter"
+        elif filter_fn is not None and not filter_fn(name, module):
+            report.skipped[name] = "filter_fn returned False"
+        else:
+            targets.append(name)
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, build(getattr(parent, child)))
+        report.replaced.append(name)
+
+
 def quantize_model(
     model: nn.Module,
     config: QuantizeConfig | None = None,
@@ -145,20 +169,6 @@ def quantize_model(
         raise TypeError(f"config must be a QuantizeConfig; got {type(config).__name__}")
     report = QuantizationReport(bytes_before=size_bytes(model))
     tied = _tied_linear_names(model) if skip_tied else set()
-    targets = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        if name in tied:
-            report.skipped[name] = "weight tied to another parameter"
-        elif filter_fn is not None and not filter_fn(name, module):
-            report.skipped[name] = "filter_fn returned False"
-        else:
-            targets.append(name)
-    for name in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, config.build(getattr(parent, child)))
-        report.replaced.append(name)
+    swap_modules(model, nn.Linear, lambda name, linear: name in tied, config.build, filter_fn, report)
     report.bytes_after = size_bytes(model)
     return report

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .convert import QuantizationReport, size_bytes
+from .convert import QuantizationReport, size_bytes, swap_modules
 from .quantize import QuantizedTensor, dequantize, pack_int4, quantize, unpack_int4
 
 
@@ -103,22 +103,9 @@ def quantize_embeddings(model: nn.Module, bits: int = 8, scheme: str = "symmetri
     owners: dict[int, int] = {}
     for _, p in model.named_parameters(remove_duplicate=False):
         owners[id(p)] = owners.get(id(p), 0) + 1
-    targets = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Embedding):
-            continue
-        if skip_tied and owners.get(id(module.weight), 0) > 1:
-            report.skipped[name] = "weight tied to another parameter"
-        elif filter_fn is not None and not filter_fn(name, module):
-            report.skipped[name] = "filter_fn returned False"
-        else:
-            targets.append(name)
-    for name in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, QuantizedEmbedding.from_embedding(getattr(parent, child), bits, scheme, granularity,
-                                                                 group_size))
-        report.replaced.append(name)
+    swap_modules(model, nn.Embedding, lambda name, emb: skip_tied and owners.get(id(emb.weight), 0) > 1,
+                 lambda emb: QuantizedEmbedding.from_embedding(emb, bits, scheme, granularity, group_size),
+                 filter_fn, report)
     report.bytes_after = size_bytes(model)
     return report
 

@@ -108,11 +108,35 @@ def muon_update_scale(rows: int, cols: int) -> float:
     return math.sqrt(max(1.0, rows / cols))
 
 
+def _first_non_matrix(params: list) -> str | None:
+    """Describe the first parameter that is not a 2-D matrix (``params`` as :func:`_tensors` returns them:
+    tensors or ``(name, tensor)`` pairs), or return None when all are."""
+    for index, item in enumerate(params):
+        name, tensor = item if isinstance(item, tuple) else (None, item)
+        if isinstance(tensor, torch.Tensor) and tensor.ndim != 2:
+            label = f"parameter {name!r}" if name else f"parameter {index} of the group"
+            return f"{label} has shape {tuple(tensor.shape)} ({tensor.ndim}-D)"
+    return None
+
+
 def _tensors(params: Any) -> list[Any]:
     return [params] if isinstance(params, torch.Tensor) else list(params)
 
 
-class Muon(torch.optim.Optimizer):
+class _NewtonSchulzOptimizer(torch.optim.Optimizer):
+    """The base of :class:`Muon` and :class:`MuonAdamW`: optimizers that keep Newton–Schulz settings
+    (``coefficients``, ``ns_dtype``) outside the param groups."""
+
+    coefficients: Any
+    ns_dtype: Any
+
+    def __getstate__(self) -> dict[str, Any]:
+        """torch.optim.Optimizer pickles only defaults, state and param_groups; keep the NS settings too
+        (``copy.deepcopy`` and ``pickle`` go through here)."""
+        return {**super().__getstate__(), "coefficients": self.coefficients, "ns_dtype": self.ns_dtype}
+
+
+class Muon(_NewtonSchulzOptimizer):
     """Momentum, orthogonalised: for every 2-D parameter W with gradient G, each step does
 
         v ← μ v + G                               (momentum buffer; v₀ = 0)
@@ -152,21 +176,13 @@ class Muon(torch.optim.Optimizer):
                         ns_steps=ns_steps)
         super().__init__(params, defaults)
 
-    def __getstate__(self) -> dict[str, Any]:
-        """torch.optim.Optimizer pickles only defaults, state and param_groups; keep the NS settings too
-        (``copy.deepcopy`` and ``pickle`` go through here)."""
-        return {**super().__getstate__(), "coefficients": self.coefficients, "ns_dtype": self.ns_dtype}
-
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group after checking that every parameter in it is a 2-D matrix."""
         params = _tensors(param_group["params"])  # a generator can be read only once
-        for index, item in enumerate(params):
-            name, tensor = item if isinstance(item, tuple) else (None, item)
-            if isinstance(tensor, torch.Tensor) and tensor.ndim != 2:
-                label = f"parameter {name!r}" if name else f"parameter {index} of the group"
-                raise ValueError(f"Muon updates 2-D weight matrices only; {label} has shape "
-                                 f"{tuple(tensor.shape)} ({tensor.ndim}-D). Give embeddings, biases "
-                                 f"and norm gains to AdamW (see build_muon_adamw).")
+        problem = _first_non_matrix(params)
+        if problem:
+            raise ValueError(f"Muon updates 2-D weight matrices only; {problem}. Give embeddings, biases "
+                             f"and norm gains to AdamW (see build_muon_adamw).")
         super().add_param_group({**param_group, "params": params})
 
     @torch.no_grad()
@@ -274,7 +290,7 @@ def split_parameters(
     return groups
 
 
-class MuonAdamW(torch.optim.Optimizer):
+class MuonAdamW(_NewtonSchulzOptimizer):
     """One optimizer, two update rules: groups with ``use_muon`` get :class:`Muon`'s, the rest AdamW's.
 
     One ``torch.optim.Optimizer``, so a training loop, ``state_dict``/``load_state_dict`` and
@@ -317,21 +333,12 @@ class MuonAdamW(torch.optim.Optimizer):
                         ns_steps=ns_steps, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
 
-    def __getstate__(self) -> dict[str, Any]:
-        """torch.optim.Optimizer pickles only defaults, state and param_groups; keep the NS settings too
-        (``copy.deepcopy`` and ``pickle`` go through here)."""
-        return {**super().__getstate__(), "coefficients": self.coefficients, "ns_dtype": self.ns_dtype}
-
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; a ``use_muon`` group must hold 2-D matrices only."""
         params = _tensors(param_group["params"])
-        if param_group.get("use_muon", self.defaults["use_muon"]):
-            for index, item in enumerate(params):
-                name, tensor = item if isinstance(item, tuple) else (None, item)
-                if isinstance(tensor, torch.Tensor) and tensor.ndim != 2:
-                    label = f"parameter {name!r}" if name else f"parameter {index} of the group"
-                    raise ValueError(f"a use_muon group takes 2-D weight matrices only; {label} has shape "
-                                     f"{tuple(tensor.shape)} ({tensor.ndim}-D)")
+        problem = _first_non_matrix(params) if param_group.get("use_muon", self.defaults["use_muon"]) else None
+        if problem:
+            raise ValueError(f"a use_muon group takes 2-D weight matrices only; {problem}")
         super().add_param_group({**param_group, "params": params})
 
     @torch.no_grad()
