@@ -1,5 +1,5 @@
 """Run overrides from outside a chapter: SCRATCHLM_SEED / SCRATCHLM_THREADS (setup_chapter), the step cap
-SCRATCHLM_MAX_STEPS (train, generate, capped, dry_run), and the glued checks (check_metric,
+SCRATCHLM_MAX_STEPS (train, generate, StaticGenerator, train_char_lm, capped, dry_run), and the glued checks (check_metric,
 report_training) that book/check_profiles.py reads."""
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ import torch
 from tiny_training import TinyLM, cfg, tiny_get_batch, tiny_loss
 
 import scratchlm
-from scratchlm.decoding import generate
+from scratchlm.data import make_lm_get_batch
+from scratchlm.decoding import StaticGenerator, generate
 from scratchlm.models import GPT, GPTConfig
+from scratchlm.models.char_lm import CharLM, train_char_lm
 from scratchlm.runtime import checks, env_int
 from scratchlm.runtime.profiles import MAX_STEPS_ENV, capped, dry_run, step_cap
-from scratchlm.training import train
+from scratchlm.training import causal_lm_loss, evaluate, train
 
 NAME = "SCRATCHLM_TEST_INT"
 
@@ -159,6 +161,38 @@ def test_generate_honours_the_step_cap(monkeypatch):
     monkeypatch.setenv(MAX_STEPS_ENV, "nope")
     with pytest.raises(ValueError, match=MAX_STEPS_ENV):
         generate(model, prompt, 10, greedy=True)
+
+
+def test_static_generator_honours_the_step_cap(monkeypatch):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=20, n_layers=1, n_heads=2, d_model=16)).eval()
+    gen = StaticGenerator(model, batch_size=2)
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    monkeypatch.delenv(MAX_STEPS_ENV, raising=False)
+    full = gen.generate(prompt, 10)
+    full_stream = list(gen.stream(prompt, 10))
+    assert full.shape == (2, 3 + 10) and len(full_stream) == 10
+    monkeypatch.setenv(MAX_STEPS_ENV, "2")
+    capped_out = gen.generate(prompt, 10)
+    assert torch.equal(capped_out, full[:, :5])  # the first 2 tokens of the full run, nothing more
+    assert list(gen.stream(prompt, 10)) == full_stream[:2]
+    assert torch.equal(capped_out, generate(model, prompt, 10, greedy=True))  # the same cap as generate
+    with pytest.raises(ValueError, match="max_length"):  # too long for the cache: an error, capped or not
+        gen.generate(prompt, 14)
+
+
+def test_train_char_lm_caps_its_validation_batches(monkeypatch):
+    ids = torch.tensor([(i * 5) % 11 for i in range(400)])
+    data = {"train": ids[:300], "val": ids[300:]}
+    monkeypatch.setenv(MAX_STEPS_ENV, "2")
+    torch.manual_seed(0)
+    model = CharLM(11, 16, 2, 1, 8)
+    run = train_char_lm(model, data, steps=30, batch_size=4, learning_rate=1e-3, seed=3, eval_batches=6)
+    assert run.history.steps == [1, 2]
+    get_batch = make_lm_get_batch(data, batch_size=4, block_size=8, seed=3)  # the batches train_char_lm uses
+    two = evaluate(model, get_batch, causal_lm_loss, "val", range(2))
+    six = evaluate(model, get_batch, causal_lm_loss, "val", range(6))
+    assert run.val_loss == pytest.approx(two, rel=1e-6) and two != pytest.approx(six, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- glued checks

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers.kv_cache import StaticKVCache
+from ..runtime.profiles import capped
 from .sampling import _check_finite, next_token_distribution
 
 __all__ = ["StaticGenerator", "sample_rows"]
@@ -179,11 +180,14 @@ class StaticGenerator:
                  generator: torch.Generator | None = None) -> Tensor:
         """Prompt + continuation (B, T + max_new_tokens), the contract of
         :func:`~scratchlm.decoding.generate` (left-padded prompts, stop tokens, padding after a stop).
-        Greedy steps run entirely on the device; sampling uses the compiled step for the logits."""
+        Greedy steps run entirely on the device; sampling uses the compiled step for the logits.
+        Under a step cap (``SCRATCHLM_MAX_STEPS``, a dry run) at most that many tokens are decoded, as in
+        :func:`~scratchlm.decoding.generate`."""
         if not greedy:
             next_token_distribution(torch.zeros(1, 2), temperature=temperature, top_k=top_k, top_p=top_p)
         ids, mask, positions, finished, stop_ids, pad, has_stops = self._prepare(
             input_ids, max_new_tokens, attention_mask, stop_tokens, pad_id)
+        max_new_tokens = capped(max_new_tokens)  # a dry run decodes at most SCRATCHLM_MAX_STEPS tokens
         B, T = input_ids.shape
         out = torch.full((self.batch_size, max_new_tokens), int(pad), dtype=torch.long, device=self.device)  # (R, n)
         if max_new_tokens == 0:
@@ -221,9 +225,10 @@ class StaticGenerator:
         """Yield the B new tokens of each step (host ints) as they are produced; stops when every row
         has met a stop token or after ``max_new_tokens`` steps. Per-row ``temperature`` (0 = greedy)
         and ``top_k`` (see :func:`sample_rows`), so one batch can mix requests. Closing the iterator
-        (a client went away) stops the work."""
+        (a client went away) stops the work. A step cap (``SCRATCHLM_MAX_STEPS``) limits the steps."""
         ids, mask, positions, finished, stop_ids, pad, _ = self._prepare(
             input_ids, max_new_tokens, attention_mask, stop_tokens, pad_id)
+        max_new_tokens = capped(max_new_tokens)  # a dry run streams at most SCRATCHLM_MAX_STEPS steps
         B = input_ids.shape[0]
         R, V = self.batch_size, self.model.config.vocab_size
         temp = torch.zeros(R, device=self.device)  # (R,)

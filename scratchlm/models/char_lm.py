@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from ..data.lm import make_lm_get_batch
 from ..layers import Encoder
 from ..layers.positional import SinusoidalPositionalEncoding
+from ..runtime.profiles import capped
 from .base import shift_for_causal_lm, token_cross_entropy
 from .outputs import ModelOutput
 from .transformer import init_transformer_weights
@@ -140,6 +141,7 @@ def train_char_lm(model: CharLM, data: dict[str, Tensor], *, steps: int, batch_s
     (= Adam), betas (0.9, ``beta2``), a linear warm-up over ``warmup_steps`` and then a *constant*
     ``learning_rate``, no gradient clipping — the setting in which post-LN's large output-side
     gradients show. The validation loss is the mean over ``eval_batches`` fixed validation batches.
+    Under a step cap (``SCRATCHLM_MAX_STEPS``, a dry run) both the steps and the validation batches are capped.
     """
     from ..training import TrainConfig, causal_lm_loss, evaluate, train
 
@@ -156,6 +158,6 @@ def train_char_lm(model: CharLM, data: dict[str, Tensor], *, steps: int, batch_s
         history = train(model, get_batch, causal_lm_loss, cfg)
     finally:
         recorder.remove()
-    val = evaluate(model, get_batch, causal_lm_loss, "val", range(eval_batches))
+    val = evaluate(model, get_batch, causal_lm_loss, "val", range(capped(eval_batches)))  # a dry run: fewer
     return CharLMRun(history=history, layer_grads=recorder.as_tensor(), val_loss=val,
                      losses=list(history.train_loss))
