@@ -35,6 +35,7 @@ import torch
 from ..data.collate import left_pad
 from ..decoding import StaticGenerator, generate
 from ..models.gpt import GPT, GPTConfig
+from ..runtime.profiles import capped
 
 METHODS = ("HF generate", "ours: KVCache", "ours: static", "ours: static+compile")
 
@@ -126,11 +127,14 @@ def benchmark_generation(*, batch_sizes: tuple[int, ...] = (1, 8), new_tokens: i
     """Measure every method at every batch size (see the module docstring); returns one row each.
 
     ``models``: (ours, Hugging Face's or None) to measure instead of a random GPT-2-shaped pair
-    (a chapter passes its trained model); the size arguments are then ignored.
+    (a chapter passes its trained model); the size arguments are then ignored. Under a step cap
+    (``SCRATCHLM_MAX_STEPS``, a dry run) ``new_tokens`` and ``repeats`` are capped.
     """
     if repeats < 1 or new_tokens < 1 or prompt_len < 1 or not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"repeats, new_tokens, prompt_len and batch sizes must be >= 1; got {repeats}, "
                          f"{new_tokens}, {prompt_len}, {batch_sizes}")
+    # a dry run (SCRATCHLM_MAX_STEPS) decodes at most the cap with every method, Hugging Face's included
+    new_tokens, repeats = capped(new_tokens), capped(repeats)
     saved = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
