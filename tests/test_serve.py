@@ -287,6 +287,15 @@ def test_bounded_load_test_every_response_complete_and_correct(server, bundle, c
     assert client.get("/health").json()["in_flight"] == 0
 
 
+def test_a_dry_run_load_test_expects_the_capped_number_of_tokens(server, bundle, monkeypatch):
+    """Under SCRATCHLM_MAX_STEPS the server streams that many tokens, and the load test counts them complete."""
+    want = {p: expected(bundle, p, 2) for p in PROMPTS}  # the first 2 greedy tokens, computed without a cap
+    monkeypatch.setenv("SCRATCHLM_MAX_STEPS", "2")
+    result = run_load_test(server.url, PROMPTS, n_clients=2, duration_s=1.0, max_new_tokens=16, expected=want)
+    assert not result.failures, result.failures[:3]
+    assert result.requests >= 2 and result.tokens == 2 * result.requests
+
+
 def test_sse_parsing_and_load_result_statistics():
     lines = ["event: token", 'data: {"text": "a"}', "", "event: done", 'data: {"finish_reason": "length"}', ""]
     events = list(parse_sse(lines))

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from ..runtime.profiles import capped
+
 
 def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, dict]]:
     """(event, data) pairs from the lines of a text/event-stream (blank line = end of an event)."""
@@ -86,13 +88,19 @@ class LoadResult:
 def run_load_test(url: str, prompts: list[str], *, n_clients: int = 8, duration_s: float = 3.0,
                   max_new_tokens: int = 16, expected: dict[str, str] | None = None,
                   timeout_s: float = 60.0) -> LoadResult:
-    """``n_clients`` threads send greedy streaming requests (prompts in rotation) until ``duration_s``."""
+    """``n_clients`` threads send greedy streaming requests (prompts in rotation) until ``duration_s``.
+
+    A response is complete with ``max_new_tokens`` tokens or a stop token; under a step cap
+    (``SCRATCHLM_MAX_STEPS``, a dry run, which the server started from the same environment obeys too)
+    with the capped number.
+    """
     if n_clients < 1 or duration_s <= 0 or not prompts:
         raise ValueError("run_load_test needs n_clients >= 1, duration_s > 0 and at least one prompt")
     result = LoadResult(n_clients=n_clients, wall_s=0.0)
     lock = threading.Lock()
     start = time.monotonic()
     stop_at = start + duration_s
+    want_tokens = capped(max_new_tokens)
 
     def client_loop(i: int) -> None:
         with httpx.Client(base_url=url, timeout=timeout_s) as client:
@@ -106,7 +114,7 @@ def run_load_test(url: str, prompts: list[str], *, n_clients: int = 8, duration_
                     text, reason = stream_text(events)
                     n = sum(1 for e, _ in events if e == "token")
                     problem = None
-                    if reason is None or n != max_new_tokens and reason != "stop":
+                    if reason is None or n != want_tokens and reason != "stop":
                         problem = f"incomplete ({n} tokens, finish {reason})"
                     elif expected is not None and text != expected[prompt]:
                         problem = f"wrong text {text!r}"
